@@ -1,0 +1,1 @@
+"""Event-sourced metered billing: aggregates, events, pricing and the application's commands."""

@@ -1,0 +1,31 @@
+"""Deterministic aggregate ids: the store's (originator_id, version) key makes them unique."""
+
+from __future__ import annotations
+
+from uuid import UUID, uuid5
+
+NAMESPACE = UUID("6f1c2a0e-4b7d-5c1e-9a3f-2d8b7e6c5a41")
+
+
+def customer_uuid(customer_id: str) -> UUID:
+    return uuid5(NAMESPACE, f"customer:{customer_id}")
+
+
+def plan_uuid(plan_id: str) -> UUID:
+    return uuid5(NAMESPACE, f"plan:{plan_id}")
+
+
+def period_uuid(customer_id: str, period: str) -> UUID:
+    return uuid5(NAMESPACE, f"period:{customer_id}:{period}")
+
+
+def emitter_uuid(name: str) -> UUID:
+    return uuid5(NAMESPACE, f"emitter:{name}")
+
+
+def key_uuid(key_id: str) -> UUID:
+    return uuid5(NAMESPACE, f"key:{key_id}")
+
+
+def invoice_id(customer_id: str, period: str) -> str:
+    return f"inv_{period_uuid(customer_id, period).hex}"

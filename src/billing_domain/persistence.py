@@ -1,0 +1,136 @@
+"""Recorders that write idempotency keys in the same transaction as the events they guard.
+
+A key is (customer_id, kind, key): a usage event id, a compensation id or an adjustment id.
+The table's primary key is what refuses a second record, also when two processes race;
+the application then re-reads the keys and answers duplicate or conflict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    customer_id: str
+    kind: str
+    key: str
+    payload_hash: str
+    originator_id: UUID
+    originator_version: int
+    meter: str
+    quantity: str
+
+
+def _rows(keys: Iterable[KeyRow]) -> list[KeyRow]:
+    # A fixed order means two writers never wait on each other's keys in opposite orders.
+    return sorted(keys, key=lambda k: (k.customer_id, k.kind, k.key))
+
+
+class PostgresBillingRecorder(PostgresApplicationRecorder):
+    def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        self.keys_table_name = events_table_name.replace("_events", "") + "_keys"
+        table = SQL("{}.{}").format(Identifier(self.datastore.schema),
+                                    Identifier(self.keys_table_name))
+        self.sql_create_statements.append(SQL(
+            "CREATE TABLE IF NOT EXISTS {table} ("
+            "customer_id text NOT NULL, kind text NOT NULL, key text NOT NULL, "
+            "payload_hash text NOT NULL, originator_id uuid NOT NULL, "
+            "originator_version bigint NOT NULL, meter text NOT NULL, quantity text NOT NULL, "
+            "PRIMARY KEY (customer_id, kind, key))"
+        ).format(table=table))
+        self.insert_keys_statement = SQL(
+            "INSERT INTO {table} (customer_id, kind, key, payload_hash, originator_id, "
+            "originator_version, meter, quantity) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::uuid[], "
+            "%s::bigint[], %s::text[], %s::text[])"
+        ).format(table=table)
+        self.select_keys_statement = SQL(
+            "SELECT k.* FROM {table} k JOIN unnest(%s::text[], %s::text[]) AS q(c, k2) "
+            "ON k.customer_id = q.c AND k.key = q.k2 WHERE k.kind = %s"
+        ).format(table=table)
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        notification_ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        keys = _rows(kwargs.get("keys") or ())
+        if keys:
+            conn = curs.connection
+            with conn.pipeline() as pipeline, conn.cursor() as keys_cursor:
+                keys_cursor.execute(self.insert_keys_statement, [
+                    [k.customer_id for k in keys], [k.kind for k in keys], [k.key for k in keys],
+                    [k.payload_hash for k in keys], [k.originator_id for k in keys],
+                    [k.originator_version for k in keys], [k.meter for k in keys],
+                    [k.quantity for k in keys],
+                ])
+                pipeline.sync()
+        return notification_ids
+
+    def select_keys(self, kind: str, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], KeyRow]:
+        if not pairs:
+            return {}
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.select_keys_statement,
+                         [[p[0] for p in pairs], [p[1] for p in pairs], kind])
+            return {(r["customer_id"], r["key"]): KeyRow(
+                r["customer_id"], r["kind"], r["key"], r["payload_hash"], r["originator_id"],
+                r["originator_version"], r["meter"], r["quantity"]) for r in curs.fetchall()}
+
+
+class SQLiteBillingRecorder(SQLiteApplicationRecorder):
+    keys_table_name = "billing_keys"
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), (
+            f"CREATE TABLE IF NOT EXISTS {self.keys_table_name} ("
+            "customer_id TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, "
+            "payload_hash TEXT NOT NULL, originator_id TEXT NOT NULL, "
+            "originator_version INTEGER NOT NULL, meter TEXT NOT NULL, quantity TEXT NOT NULL, "
+            "PRIMARY KEY (customer_id, kind, key)) WITHOUT ROWID"
+        )]
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        notification_ids = super()._insert_events(c, stored_events, **kwargs)
+        keys = _rows(kwargs.get("keys") or ())
+        if keys:
+            c.executemany(
+                f"INSERT INTO {self.keys_table_name} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(k.customer_id, k.kind, k.key, k.payload_hash, k.originator_id.hex,
+                  k.originator_version, k.meter, k.quantity) for k in keys],
+            )
+        return notification_ids
+
+    def select_keys(self, kind: str, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], KeyRow]:
+        found: dict[tuple[str, str], KeyRow] = {}
+        by_customer: dict[str, list[str]] = {}
+        for customer_id, key in pairs:
+            by_customer.setdefault(customer_id, []).append(key)
+        with self.datastore.transaction(commit=False) as c:
+            for customer_id, keys in by_customer.items():
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start:start + 500]
+                    c.execute(
+                        f"SELECT * FROM {self.keys_table_name} WHERE customer_id = ? AND kind = ? "
+                        f"AND key IN ({','.join('?' * len(chunk))})",
+                        [customer_id, kind, *chunk],
+                    )
+                    for r in c.fetchall():
+                        found[(r["customer_id"], r["key"])] = KeyRow(
+                            r["customer_id"], r["kind"], r["key"], r["payload_hash"],
+                            UUID(r["originator_id"]), r["originator_version"], r["meter"],
+                            r["quantity"])
+        return found

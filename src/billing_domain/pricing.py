@@ -1,0 +1,204 @@
+"""Charge models priced in Decimal, rounded half-up per line to the currency's minor unit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
+from typing import Any
+
+from billing_domain.errors import InvalidInput
+
+MINOR_UNITS: dict[str, int] = {
+    "USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "SEK": 2, "NOK": 2,
+    "DKK": 2, "PLN": 2, "INR": 2, "BRL": 2, "MXN": 2, "SGD": 2, "NZD": 2, "CNY": 2,
+    "JPY": 0, "KRW": 0, "ISK": 0, "KWD": 3, "BHD": 3, "OMR": 3,
+}
+AGGREGATIONS = ("sum", "count", "max", "unique_count")
+MODELS = ("per_unit", "graduated", "volume", "package")
+ZERO = Decimal(0)
+
+
+def check_currency(currency: str) -> str:
+    if currency not in MINOR_UNITS:
+        raise InvalidInput(f"unsupported currency {currency!r}", field="currency")
+    return currency
+
+
+def round_money(amount: Decimal, currency: str) -> Decimal:
+    exponent = Decimal(1).scaleb(-MINOR_UNITS[currency])
+    with localcontext() as ctx:
+        ctx.prec = 60
+        return amount.quantize(exponent, rounding=ROUND_HALF_UP)
+
+
+@dataclass(frozen=True)
+class Tier:
+    up_to: int | None
+    unit_amount: Decimal
+    flat_amount: Decimal = ZERO
+
+
+@dataclass(frozen=True)
+class Charge:
+    meter: str
+    aggregation: str
+    model: str
+    unit_amount: Decimal = ZERO
+    tiers: tuple[Tier, ...] = ()
+    package_size: int = 0
+    package_amount: Decimal = ZERO
+    included_quantity: Decimal = ZERO
+    field: str | None = None
+
+    def price(self, quantity: Decimal) -> Decimal:
+        """Unrounded amount for the period's aggregate quantity of this charge's meter."""
+        billable = max(quantity - self.included_quantity, ZERO)
+        with localcontext() as ctx:
+            ctx.prec = 60
+            if self.model == "per_unit":
+                return billable * self.unit_amount
+            if self.model == "package":
+                packages = (billable / self.package_size).to_integral_value(ROUND_CEILING)
+                return packages * self.package_amount
+            if billable == 0:
+                return ZERO
+            if self.model == "graduated":
+                return _graduated(self.tiers, billable)
+            return _volume(self.tiers, billable)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "meter": self.meter,
+            "aggregation": self.aggregation,
+            "model": self.model,
+            "included_quantity": str(self.included_quantity),
+        }
+        if self.field is not None:
+            data["field"] = self.field
+        if self.model == "per_unit":
+            data["unit_amount"] = str(self.unit_amount)
+        elif self.model == "package":
+            data["package_size"] = self.package_size
+            data["package_amount"] = str(self.package_amount)
+        else:
+            data["tiers"] = [
+                {"up_to": t.up_to, "unit_amount": str(t.unit_amount),
+                 "flat_amount": str(t.flat_amount)}
+                for t in self.tiers
+            ]
+        return data
+
+
+def _graduated(tiers: Sequence[Tier], billable: Decimal) -> Decimal:
+    total = ZERO
+    lower = ZERO
+    for tier in tiers:
+        upper = Decimal(tier.up_to) if tier.up_to is not None else None
+        units = billable - lower if upper is None else min(billable, upper) - lower
+        if units > 0:
+            total += units * tier.unit_amount + tier.flat_amount
+        if upper is None or billable <= upper:
+            break
+        lower = upper
+    return total
+
+
+def _volume(tiers: Sequence[Tier], billable: Decimal) -> Decimal:
+    for tier in tiers:
+        if tier.up_to is None or billable <= tier.up_to:
+            return billable * tier.unit_amount + tier.flat_amount
+    raise AssertionError("validated tiers always end open")  # pragma: no cover
+
+
+def _decimal(value: Any, field: str, *, allow_negative: bool = False) -> Decimal:
+    if isinstance(value, float):
+        raise InvalidInput("must be a decimal string or integer, not a float", field=field)
+    try:
+        number = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise InvalidInput(f"not a decimal number: {value!r}", field=field) from None
+    if not number.is_finite():
+        raise InvalidInput("must be finite", field=field)
+    if number < 0 and not allow_negative:
+        raise InvalidInput("must not be negative", field=field)
+    return number
+
+
+def charge_from_dict(data: Mapping[str, Any], index: int = 0) -> Charge:
+    """Validate one charge of a plan; errors name the field as charges[i].name."""
+    where = f"charges[{index}]"
+    meter = data.get("meter")
+    if not isinstance(meter, str) or not meter.strip():
+        raise InvalidInput("a charge needs a meter name", field=f"{where}.meter")
+    aggregation = data.get("aggregation", "sum")
+    if aggregation not in AGGREGATIONS:
+        raise InvalidInput(f"must be one of {', '.join(AGGREGATIONS)}",
+                           field=f"{where}.aggregation")
+    field_name = data.get("field")
+    if aggregation == "unique_count" and not field_name:
+        raise InvalidInput("unique_count needs the property name in 'field'",
+                           field=f"{where}.field")
+    model = data.get("model")
+    if model not in MODELS:
+        raise InvalidInput(f"must be one of {', '.join(MODELS)}", field=f"{where}.model")
+    included = _decimal(data.get("included_quantity") or 0, f"{where}.included_quantity")
+    common: dict[str, Any] = {"meter": meter, "aggregation": aggregation, "model": model,
+                              "included_quantity": included, "field": field_name}
+    if model == "per_unit":
+        if data.get("unit_amount") is None:
+            raise InvalidInput("per_unit needs unit_amount", field=f"{where}.unit_amount")
+        return Charge(**common, unit_amount=_decimal(data["unit_amount"], f"{where}.unit_amount"))
+    if model == "package":
+        size = data.get("package_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise InvalidInput("must be a positive integer", field=f"{where}.package_size")
+        if data.get("package_amount") is None:
+            raise InvalidInput("package needs package_amount", field=f"{where}.package_amount")
+        return Charge(**common, package_size=size,
+                      package_amount=_decimal(data["package_amount"], f"{where}.package_amount"))
+    return Charge(**common, tiers=_tiers(data.get("tiers"), where))
+
+
+def _tiers(raw: Any, where: str) -> tuple[Tier, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise InvalidInput("needs at least one tier", field=f"{where}.tiers")
+    tiers: list[Tier] = []
+    previous = 0
+    for i, item in enumerate(raw):
+        at = f"{where}.tiers[{i}]"
+        if not isinstance(item, Mapping):
+            raise InvalidInput("a tier is an object", field=at)
+        up_to = item.get("up_to")
+        last = i == len(raw) - 1
+        if up_to is None and not last:
+            raise InvalidInput("only the last tier may be open-ended", field=f"{at}.up_to")
+        if up_to is not None:
+            if not isinstance(up_to, int) or isinstance(up_to, bool) or up_to <= previous:
+                raise InvalidInput("must be an integer above the previous tier's",
+                                   field=f"{at}.up_to")
+            previous = up_to
+        if item.get("unit_amount") is None:
+            raise InvalidInput("a tier needs unit_amount", field=f"{at}.unit_amount")
+        tiers.append(Tier(up_to, _decimal(item["unit_amount"], f"{at}.unit_amount"),
+                          _decimal(item.get("flat_amount") or 0, f"{at}.flat_amount")))
+    if tiers[-1].up_to is not None:
+        raise InvalidInput("the last tier must be open-ended (up_to: null)",
+                           field=f"{where}.tiers[{len(tiers) - 1}].up_to")
+    return tuple(tiers)
+
+
+def parse_charges(raw: Any) -> tuple[Charge, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise InvalidInput("a plan needs at least one charge", field="charges")
+    charges = tuple(charge_from_dict(item if isinstance(item, Mapping) else {}, i)
+                    for i, item in enumerate(raw))
+    meters = [c.meter for c in charges]
+    for i, meter in enumerate(meters):
+        if meters.index(meter) != i:
+            raise InvalidInput(f"meter {meter!r} is charged twice", field=f"charges[{i}].meter")
+    return charges
+
+
+def decimal_or_error(value: Any, field: str, *, allow_negative: bool = False) -> Decimal:
+    return _decimal(value, field, allow_negative=allow_negative)

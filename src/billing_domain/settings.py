@@ -1,0 +1,94 @@
+"""Configuration from the environment, validated once, with defaults that run on a fresh machine."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import parse_qs, unquote, urlparse
+
+DEFAULT_DATABASE_URL = "sqlite:///./billing.db"
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class SettingsError(ValueError):
+    """A configuration value that cannot be used; the message names the variable."""
+
+
+def parse_duration(name: str, text: str) -> timedelta:
+    match = _DURATION.match(text)
+    if not match:
+        raise SettingsError(f"{name}={text!r}: expected a whole number with s, m, h or d")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    admin_key: str | None = None
+    max_clock_skew: timedelta = timedelta(minutes=5)
+    backdating_horizon: timedelta = timedelta(days=400)
+    max_batch: int = 5000
+    aggregate_cache_size: int = 2000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        settings = cls(
+            database_url=env.get("BILLING_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            admin_key=env.get("BILLING_ADMIN_KEY") or None,
+            max_clock_skew=parse_duration("BILLING_MAX_CLOCK_SKEW",
+                                          env.get("BILLING_MAX_CLOCK_SKEW", "5m")),
+            backdating_horizon=parse_duration("BILLING_BACKDATING_HORIZON",
+                                              env.get("BILLING_BACKDATING_HORIZON", "400d")),
+        )
+        settings.eventsourcing_env()
+        return settings
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith(("postgresql://", "postgres://"))
+
+    def eventsourcing_env(self) -> dict[str, str]:
+        """The eventsourcing library's configuration for this database URL."""
+        env = {
+            "CREATE_TABLE": "y",
+            "AGGREGATE_CACHE_MAXSIZE": str(self.aggregate_cache_size),
+        }
+        url = urlparse(self.database_url)
+        if url.scheme == "sqlite":
+            path = unquote(url.path[1:] if url.path.startswith("/") else url.path)
+            if not path:
+                raise SettingsError("BILLING_DATABASE_URL: sqlite URL needs a file path")
+            if path == ":memory:":
+                path = "file:billing?mode=memory&cache=shared"
+            env.update(
+                PERSISTENCE_MODULE="eventsourcing.sqlite",
+                SQLITE_DBNAME=path,
+                SQLITE_LOCK_TIMEOUT="30",
+                APPLICATION_RECORDER_TOPIC="billing_domain.persistence:SQLiteBillingRecorder",
+            )
+            return env
+        if url.scheme in ("postgresql", "postgres"):
+            query = parse_qs(url.query)
+            env.update(
+                PERSISTENCE_MODULE="eventsourcing.postgres",
+                POSTGRES_DBNAME=unquote(url.path.lstrip("/")) or "postgres",
+                POSTGRES_HOST=url.hostname or "127.0.0.1",
+                POSTGRES_PORT=str(url.port or 5432),
+                POSTGRES_USER=unquote(url.username or "postgres"),
+                POSTGRES_PASSWORD=unquote(url.password or ""),
+                POSTGRES_SCHEMA=query.get("schema", [""])[0],
+                POSTGRES_POOL_SIZE=query.get("pool_size", ["8"])[0],
+                POSTGRES_MAX_OVERFLOW=query.get("max_overflow", ["8"])[0],
+                POSTGRES_LOCK_TIMEOUT="10",
+                APPLICATION_RECORDER_TOPIC="billing_domain.persistence:PostgresBillingRecorder",
+            )
+            return env
+        raise SettingsError(
+            f"BILLING_DATABASE_URL={self.database_url!r}: expected sqlite:///PATH or "
+            "postgresql://user:password@host:port/dbname"
+        )

@@ -1,0 +1,143 @@
+"""Usage values, their canonical form, and the running per-meter aggregates of a period."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+ZERO = Decimal(0)
+DIGEST_MODULUS = 1 << 256
+
+
+@dataclass(frozen=True)
+class UsageInput:
+    """One usage event as a product backend submits it."""
+
+    event_id: str
+    customer_id: str
+    meter: str
+    quantity: Decimal
+    occurred_at: datetime
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UsageResult:
+    event_id: str
+    status: str  # accepted | duplicate | conflict | rejected
+    period: str | None = None
+    treatment: str | None = None
+    detail: str | None = None
+    field: str | None = None
+    code: str | None = None
+
+
+def period_of(moment: datetime) -> str:
+    moment = moment.astimezone(UTC)
+    return f"{moment.year:04d}-{moment.month:02d}"
+
+
+def period_bounds(period: str) -> tuple[datetime, datetime]:
+    year, month = int(period[:4]), int(period[5:7])
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+def next_period(period: str) -> str:
+    return period_of(period_bounds(period)[1])
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def decimal_text(value: Decimal) -> str:
+    """Canonical text of a quantity: 1, 1.0 and 1.00 are the same payload."""
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "") else text
+
+
+def payload_hash(item: UsageInput) -> str:
+    canonical = json.dumps(
+        [item.customer_id, item.event_id, item.meter, decimal_text(item.quantity),
+         iso(item.occurred_at), item.properties],
+        sort_keys=True, separators=(",", ":"), default=str,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def item_hash(*parts: Any) -> int:
+    """Hash of one contributing record for the period's order-independent lineage digest."""
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return int.from_bytes(hashlib.sha256(canonical.encode()).digest(), "big")
+
+
+def digest_text(accumulator: int, items: int) -> str:
+    return hashlib.sha256(f"{accumulator:064x}|{items}".encode()).hexdigest()
+
+
+# A meter's running totals are plain dicts so aggregate snapshots stay transcodable.
+# "values" is kept only for max and unique_count meters: a multiset of net values.
+
+
+def new_totals(aggregation: str, field_name: str | None) -> dict[str, Any]:
+    return {"aggregation": aggregation, "field": field_name, "sum": ZERO, "count": 0,
+            "values": {}, "adjustment": ZERO}
+
+
+def copy_totals(totals: dict[str, Any]) -> dict[str, Any]:
+    return {**totals, "values": dict(totals["values"])}
+
+
+def tracked_value(totals: dict[str, Any], quantity: Decimal, properties: dict[str, Any]) -> str | None:
+    if totals["aggregation"] == "max":
+        return decimal_text(quantity)
+    if totals["aggregation"] == "unique_count":
+        value = properties.get(totals["field"] or "")
+        return None if value is None else json.dumps(value, sort_keys=True)
+    return None
+
+
+def add_record(totals: dict[str, Any], quantity: Decimal, value: str | None) -> None:
+    totals["sum"] += quantity
+    totals["count"] += 1
+    if value is not None:
+        totals["values"][value] = totals["values"].get(value, 0) + 1
+
+
+def remove_value(totals: dict[str, Any], value: str | None) -> None:
+    if value is not None and value in totals["values"]:
+        totals["values"][value] -= 1
+        if totals["values"][value] <= 0:
+            del totals["values"][value]
+
+
+def compensate_record(totals: dict[str, Any], quantity: Decimal, *, net_before: Decimal,
+                      value_before: str | None, value_after: str | None) -> None:
+    """Reduce one record's net quantity; a record compensated to zero stops counting."""
+    totals["sum"] -= quantity
+    net_after = net_before - quantity
+    remove_value(totals, value_before)
+    if net_after <= 0:
+        totals["count"] -= 1
+    elif value_after is not None:
+        totals["values"][value_after] = totals["values"].get(value_after, 0) + 1
+
+
+def aggregate_quantity(totals: dict[str, Any]) -> Decimal:
+    """The meter's aggregate, net of compensations, plus signed manual adjustments."""
+    aggregation = totals["aggregation"]
+    if aggregation == "sum":
+        base = totals["sum"]
+    elif aggregation == "count":
+        base = Decimal(totals["count"])
+    elif aggregation == "max":
+        base = max((Decimal(v) for v in totals["values"]), default=ZERO)
+    else:
+        base = Decimal(len(totals["values"]))
+    return base + totals["adjustment"]
