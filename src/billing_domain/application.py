@@ -31,6 +31,7 @@ from billing_domain.errors import (
     OccurredBeforeHorizon,
     OccurredInFuture,
     PeriodNotEnded,
+    StoreContention,
     UnknownCustomer,
     UnknownEmitter,
     UnknownKey,
@@ -156,12 +157,12 @@ class BillingApplication(Application[UUID]):
 
     def _retry(self, attempt: Callable[[], Any]) -> Any:
         """Run a read-decide-save step again when a concurrent writer got there first."""
-        for _ in range(MAX_ATTEMPTS - 1):
+        for _ in range(MAX_ATTEMPTS):
             try:
                 return attempt()
             except IntegrityError:
                 continue
-        return attempt()
+        raise StoreContention(f"gave up after {MAX_ATTEMPTS} concurrent-write retries; retry")
 
     def _period_for_write(self, customer_id: str, period: str,
                           pending: dict[UUID, Aggregate]) -> BillingPeriod:

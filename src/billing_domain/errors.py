@@ -110,3 +110,9 @@ class NotAuthenticated(BillingError):
 
 class NotAuthorised(BillingError):
     code = "not_authorised"
+
+
+class StoreContention(BillingError):
+    """Concurrent writers kept winning the race for the same aggregates; safe to retry."""
+
+    code = "store_contention"

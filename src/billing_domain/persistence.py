@@ -61,20 +61,29 @@ class PostgresBillingRecorder(PostgresApplicationRecorder):
             "ON k.customer_id = q.c AND k.key = q.k2 WHERE k.kind = %s"
         ).format(table=table)
 
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        # Build the parameters first: inside the library's transaction block a Python
+        # exception would be caught and the block committed, so only SQL may run there.
+        keys = _rows(kwargs.pop("keys", None) or ())
+        if keys:
+            kwargs["key_columns"] = [
+                [k.customer_id for k in keys], [k.kind for k in keys], [k.key for k in keys],
+                [k.payload_hash for k in keys], [k.originator_id for k in keys],
+                [k.originator_version for k in keys], [k.meter for k in keys],
+                [k.quantity for k in keys],
+            ]
+        return super().insert_events(stored_events, **kwargs)
+
     def _fetch_ids_after_insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         notification_ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-        keys = _rows(kwargs.get("keys") or ())
-        if keys:
+        if kwargs.get("key_columns"):
             conn = curs.connection
             with conn.pipeline() as pipeline, conn.cursor() as keys_cursor:
-                keys_cursor.execute(self.insert_keys_statement, [
-                    [k.customer_id for k in keys], [k.kind for k in keys], [k.key for k in keys],
-                    [k.payload_hash for k in keys], [k.originator_id for k in keys],
-                    [k.originator_version for k in keys], [k.meter for k in keys],
-                    [k.quantity for k in keys],
-                ])
+                keys_cursor.execute(self.insert_keys_statement, kwargs["key_columns"])
                 pipeline.sync()
         return notification_ids
 

@@ -1,0 +1,49 @@
+"""Two processes racing the same event ids; events stored by an older class version."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+
+from billing_domain.ids import customer_uuid
+from tests.scenario import customer, line
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_two_processes_racing_the_same_1000_ids_count_each_once(app, database_url):
+    customer(app)
+    workers = [subprocess.Popen([sys.executable, "-m", "tests.race_worker", database_url, str(seed)],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for seed in (1, 2)]
+    totals: Counter[str] = Counter()
+    for worker in workers:
+        out, err = worker.communicate(timeout=240)
+        assert worker.returncode == 0, err[-2000:]
+        totals.update(json.loads(out.strip().splitlines()[-1]))
+    assert totals == {"accepted": 1000, "duplicate": 1000}
+    assert line(app.invoice("acme", "2026-10"))["quantity"] == "1000"
+    keys = app.recorder.select_keys("usage", [("acme", f"race-{i}") for i in range(1000)])
+    assert len(keys) == 1000
+
+
+def test_an_account_stored_before_late_usage_policies_still_loads(app):
+    fixture = json.loads((ROOT / "tests/fixtures/customer_opened_v1.json").read_text())
+    assert customer_uuid("legacy-co") == UUID(fixture["originator_id"])
+    app.recorder.insert_events([StoredEvent(
+        originator_id=UUID(fixture["originator_id"]),
+        originator_version=fixture["originator_version"],
+        topic=fixture["topic"],
+        state=fixture["state"].encode(),
+    )])
+    legacy = app.get_customer("legacy-co")
+    assert (legacy.name, legacy.currency, legacy.late_usage_policy) == \
+        ("Legacy Co", "EUR", "carry_forward")
+    legacy_renamed = app.update_customer("legacy-co", name="Legacy Company")
+    assert app.get_customer("legacy-co").name == legacy_renamed.name == "Legacy Company"
