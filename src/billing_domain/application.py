@@ -13,9 +13,9 @@ from decimal import Decimal
 from typing import Any, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, Recording
 
 from billing_domain.customer import LATE_USAGE_POLICIES, Customer
 from billing_domain.errors import (
@@ -111,6 +111,15 @@ class BillingApplication(Application[UUID]):
         self.clock = clock or (lambda: datetime.now(UTC))
         self._charges: dict[tuple[str, int], tuple[Charge, ...]] = {}
         super().__init__(env=self.settings.eventsourcing_env())
+
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        recordings = super()._record(processing_event)
+        # The saved aggregates are the newest versions: caching them spares the next command
+        # from re-applying events it has just applied (fast-forward still picks up others').
+        if self.repository.cache is not None:
+            for aggregate_id, aggregate in processing_event.aggregates.items():
+                self.repository.cache.put(aggregate_id, aggregate)
+        return recordings
 
     # Helpers -----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ the application then re-reads the keys and answers duplicate or conflict.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,14 +51,17 @@ class PostgresBillingRecorder(PostgresApplicationRecorder):
             "originator_version bigint NOT NULL, meter text NOT NULL, quantity text NOT NULL, "
             "PRIMARY KEY (customer_id, kind, key))"
         ).format(table=table))
+        # One JSON parameter: PostgreSQL unpacks it in C, far faster than adapting arrays.
         self.insert_keys_statement = SQL(
             "INSERT INTO {table} (customer_id, kind, key, payload_hash, originator_id, "
             "originator_version, meter, quantity) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::uuid[], "
-            "%s::bigint[], %s::text[], %s::text[])"
+            "SELECT * FROM json_to_recordset(%s::json) AS x(customer_id text, kind text, "
+            "key text, payload_hash text, originator_id uuid, originator_version bigint, "
+            "meter text, quantity text)"
         ).format(table=table)
         self.select_keys_statement = SQL(
-            "SELECT k.* FROM {table} k JOIN unnest(%s::text[], %s::text[]) AS q(c, k2) "
+            "SELECT k.* FROM {table} k JOIN (SELECT e->>0 AS c, e->>1 AS k2 "
+            "FROM json_array_elements(%s::json) AS e) AS q "
             "ON k.customer_id = q.c AND k.key = q.k2 WHERE k.kind = %s"
         ).format(table=table)
 
@@ -68,12 +72,12 @@ class PostgresBillingRecorder(PostgresApplicationRecorder):
         # exception would be caught and the block committed, so only SQL may run there.
         keys = _rows(kwargs.pop("keys", None) or ())
         if keys:
-            kwargs["key_columns"] = [
-                [k.customer_id for k in keys], [k.kind for k in keys], [k.key for k in keys],
-                [k.payload_hash for k in keys], [k.originator_id for k in keys],
-                [k.originator_version for k in keys], [k.meter for k in keys],
-                [k.quantity for k in keys],
-            ]
+            kwargs["key_columns"] = [json.dumps([
+                {"customer_id": k.customer_id, "kind": k.kind, "key": k.key,
+                 "payload_hash": k.payload_hash, "originator_id": str(k.originator_id),
+                 "originator_version": k.originator_version, "meter": k.meter,
+                 "quantity": k.quantity} for k in keys
+            ])]
         return super().insert_events(stored_events, **kwargs)
 
     def _fetch_ids_after_insert_events(
@@ -91,8 +95,7 @@ class PostgresBillingRecorder(PostgresApplicationRecorder):
         if not pairs:
             return {}
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.select_keys_statement,
-                         [[p[0] for p in pairs], [p[1] for p in pairs], kind])
+            curs.execute(self.select_keys_statement, [json.dumps(list(pairs)), kind])
             return {(r["customer_id"], r["key"]): KeyRow(
                 r["customer_id"], r["kind"], r["key"], r["payload_hash"], r["originator_id"],
                 r["originator_version"], r["meter"], r["quantity"]) for r in curs.fetchall()}

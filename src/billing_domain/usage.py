@@ -63,17 +63,23 @@ def decimal_text(value: Decimal) -> str:
 
 
 def payload_hash(item: UsageInput) -> str:
-    canonical = json.dumps(
-        [item.customer_id, item.event_id, item.meter, decimal_text(item.quantity),
-         iso(item.occurred_at), item.properties],
-        sort_keys=True, separators=(",", ":"), default=str,
-    )
+    canonical = "\x1f".join((item.customer_id, item.event_id, item.meter,
+                             decimal_text(item.quantity), iso(item.occurred_at),
+                             _part(item.properties)))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _part(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if not value and isinstance(value, dict):
+        return "{}"
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def item_hash(*parts: Any) -> int:
     """Hash of one contributing record for the period's order-independent lineage digest."""
-    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    canonical = "\x1f".join(map(_part, parts))
     return int.from_bytes(hashlib.sha256(canonical.encode()).digest(), "big")
 
 
