@@ -95,6 +95,7 @@ def _hash_json(*parts: Any) -> str:
 class _Routed:
     index: int
     item: UsageInput
+    principal: Principal
     payload_hash: str
     billed_customer_id: str
     period: str
@@ -339,22 +340,32 @@ class BillingApplication(Application[UUID]):
         if len(items) > self.settings.max_batch:
             raise InvalidInput(f"at most {self.settings.max_batch} events per batch",
                                field="events")
+        return self.record_usage_from([(item, principal) for item in items],
+                                      received_at=received_at)
+
+    def record_usage_from(self, entries: Sequence[tuple[UsageInput, Principal]], *,
+                          received_at: datetime | None = None) -> list[UsageResult]:
+        """Record usage sent by several callers in one atomic commit (group commit)."""
         now = received_at or self.clock()
-        results: list[UsageResult | None] = [None] * len(items)
+        results: list[UsageResult | None] = [None] * len(entries)
         first_of: dict[tuple[str, str], tuple[int, str]] = {}
         routed: list[_Routed] = []
         refusals: list[AuditFact] = []
         customers: dict[str, Customer | None] = {}
-        for index, item in enumerate(items):
+        for index, (item, principal) in enumerate(entries):
             try:
                 self._check_usage(item, now)
                 key = (item.customer_id, item.event_id)
                 digest = payload_hash(item)
                 if key in first_of:
-                    same = first_of[key][1] == digest
-                    results[index] = UsageResult(
-                        item.event_id, "duplicate" if same else "conflict",
-                        detail=None if same else "same event_id with another payload in this batch")
+                    if first_of[key][1] == digest:
+                        results[index] = UsageResult(item.event_id, "duplicate")
+                    else:
+                        results[index] = UsageResult(
+                            item.event_id, "conflict",
+                            detail="same event_id with another payload in this batch")
+                        refusals.append(self._conflict_fact(principal, item, digest,
+                                                            first_of[key][1], now))
                     continue
                 first_of[key] = (index, digest)
                 if item.customer_id not in customers:
@@ -369,7 +380,8 @@ class BillingApplication(Application[UUID]):
                 billed = self._billed_customer(customer, item.occurred_at)
                 period = period_of(item.occurred_at)
                 charge = self._charge_for(billed, period, item.meter)
-                routed.append(_Routed(index, item, digest, billed.customer_id, period, charge))
+                routed.append(_Routed(index, item, principal, digest, billed.customer_id,
+                                      period, charge))
             except BillingError as error:
                 results[index] = UsageResult(item.event_id, "rejected", detail=error.reason,
                                              field=error.field, code=error.code)
@@ -379,12 +391,9 @@ class BillingApplication(Application[UUID]):
                                                         "meter": item.meter,
                                                         "event_id": item.event_id}, now))
 
-        def attempt() -> None:
-            self._commit_usage(routed, results, principal, now, refusals)
-
         if routed or refusals:
-            self._retry(attempt)
-        for index, item in enumerate(items):
+            self._retry(lambda: self._commit_usage(routed, results, now, refusals))
+        for index, (item, _) in enumerate(entries):
             result = results[index]
             if result is not None and result.status == "duplicate" and result.period is None:
                 first = results[first_of[(item.customer_id, item.event_id)][0]]
@@ -410,8 +419,15 @@ class BillingApplication(Application[UUID]):
         return AuditFact(action=action, emitter=principal.emitter, key_id=principal.key_id,
                          reason=reason, detail=detail, at=now)
 
+    def _conflict_fact(self, principal: Principal, item: UsageInput, digest: str,
+                       recorded: str, now: datetime) -> AuditFact:
+        return self._refusal_fact(
+            principal, "usage.conflict", "same event_id with another payload",
+            {"customer_id": item.customer_id, "event_id": item.event_id,
+             "payload_hash": digest, "recorded_payload_hash": recorded}, now)
+
     def _commit_usage(self, routed: list[_Routed], results: list[UsageResult | None],
-                      principal: Principal, now: datetime, refusals: list[AuditFact]) -> None:
+                      now: datetime, refusals: list[AuditFact]) -> None:
         existing = self.recorder.select_keys(  # type: ignore[attr-defined]
             "usage", [(r.item.customer_id, r.item.event_id) for r in routed])
         pending: dict[UUID, Aggregate] = {}
@@ -427,39 +443,41 @@ class BillingApplication(Application[UUID]):
                 results[r.index] = UsageResult(
                     r.item.event_id, "conflict", r.period,
                     detail="event_id was recorded before with another payload; the first stands")
-                facts.append(self._refusal_fact(
-                    principal, "usage.conflict", "same event_id with another payload",
-                    {"customer_id": r.item.customer_id, "event_id": r.item.event_id,
-                     "payload_hash": r.payload_hash, "recorded_payload_hash": row.payload_hash},
-                    now))
+                facts.append(self._conflict_fact(r.principal, r.item, r.payload_hash,
+                                                 row.payload_hash, now))
         keys: list[KeyRow] = []
-        restate: dict[UUID, BillingPeriod] = {}
+        restate: dict[UUID, tuple[BillingPeriod, Principal]] = {}
         received = iso(now)
         for (billed_id, period_name), group in groups.items():
             period = self._period_for_write(billed_id, period_name, pending)
-            records = [[r.item.event_id, r.item.customer_id, r.item.meter,
-                        decimal_text(r.item.quantity), iso(r.item.occurred_at),
-                        r.item.properties] for r in group]
-            meters = {r.item.meter: [r.charge.aggregation, r.charge.field] for r in group}
             treatment = self._late_treatment(period)
-            if treatment == "carried_forward":
-                entries = period.record_late_carried(received, principal.emitter,
-                                                     principal.key_id, meters, records)
-                target = self._open_period_for_carry(billed_id, now, pending)
-                for entry in entries:
-                    target.carry_forward(**entry, received_at=received)
-            else:
-                period.record_usage(received, principal.emitter, principal.key_id, treatment,
-                                    meters, records)
-                if treatment == "restated":
-                    restate[period.id] = period
+            by_sender: dict[Principal, list[_Routed]] = {}
             for r in group:
-                keys.append(KeyRow(r.item.customer_id, "usage", r.item.event_id, r.payload_hash,
-                                   period.id, period.version, r.item.meter,
-                                   decimal_text(r.item.quantity)))
-                results[r.index] = UsageResult(r.item.event_id, "accepted", period_name, treatment)
-        for period in restate.values():
-            period.restate(actor=principal.actor, restated_at=now, reason="late usage")
+                by_sender.setdefault(r.principal, []).append(r)
+            for sender, sent in by_sender.items():
+                records = [[r.item.event_id, r.item.customer_id, r.item.meter,
+                            decimal_text(r.item.quantity), iso(r.item.occurred_at),
+                            r.item.properties] for r in sent]
+                meters = {r.item.meter: [r.charge.aggregation, r.charge.field] for r in sent}
+                if treatment == "carried_forward":
+                    entries = period.record_late_carried(received, sender.emitter,
+                                                         sender.key_id, meters, records)
+                    target = self._open_period_for_carry(billed_id, now, pending)
+                    for entry in entries:
+                        target.carry_forward(**entry, received_at=received)
+                else:
+                    period.record_usage(received, sender.emitter, sender.key_id, treatment,
+                                        meters, records)
+                    if treatment == "restated":
+                        restate[period.id] = (period, sender)
+                for r in sent:
+                    keys.append(KeyRow(r.item.customer_id, "usage", r.item.event_id,
+                                       r.payload_hash, period.id, period.version, r.item.meter,
+                                       decimal_text(r.item.quantity)))
+                    results[r.index] = UsageResult(r.item.event_id, "accepted", period_name,
+                                                   treatment)
+        for period, sender in restate.values():
+            period.restate(actor=sender.actor, restated_at=now, reason="late usage")
         self.save(*pending.values(), *facts, keys=keys)
 
     # Corrections -------------------------------------------------------------------------
