@@ -36,10 +36,17 @@ class LoadResult:
         return self.requests / self.duration_s if self.duration_s > 0 else 0.0
 
 
-def usage_body(prefix: str, worker: int, n: int, customers: int = DEFAULT_CUSTOMERS) -> bytes:
-    """The request body; keep in step with wrk_usage.lua."""
+DEFAULT_OCCURRED_AT = "2025-01-15T12:00:00+00:00"
+
+
+def usage_body(prefix: str, worker: int, n: int, customers: int = DEFAULT_CUSTOMERS,
+               occurred_at: str = DEFAULT_OCCURRED_AT, dup_every: int = 0) -> bytes:
+    """The request body; keep in step with wrk_usage.lua. Every `dup_every`-th request
+    repeats the previous request's event (a client retry) when dup_every > 0."""
+    if dup_every > 0 and n > 1 and n % dup_every == 0:
+        n -= 1
     return (f'{{"event_id":"{prefix}-{worker}-{n}","customer_id":"cust-{n % customers}","meter":"api_calls",'
-            f'"quantity":"1.5","occurred_at":"2025-01-15T12:00:00+00:00",'
+            f'"quantity":"1.5","occurred_at":"{occurred_at}",'
             f'"properties":{{"region":"eu-west-1","status":200}}}}').encode()
 
 
@@ -61,16 +68,18 @@ def choose_generator(preference: str = "auto") -> str:
 def run_load(port: int, *, duration: int, concurrency: int = 32, label: str = "bench",
              path: str = "/v1/usage", generator: str = "auto", wrk_threads: int = 1,
              max_requests: int | None = None, expect_status: int = 202,
-             headers: Mapping[str, str] | None = None) -> LoadResult:
+             headers: Mapping[str, str] | None = None, customers: int = DEFAULT_CUSTOMERS,
+             occurred_at: str = DEFAULT_OCCURRED_AT, dup_every: int = 0) -> LoadResult:
     """Load http://127.0.0.1:<port><path> with usage POSTs; `label` prefixes every event_id."""
     if duration <= 0 or concurrency <= 0:
         raise ValueError("duration and concurrency must be positive")
     cap = max_requests if max_requests is not None else duration * 100_000
     if choose_generator(generator) == "wrk":
-        return _run_wrk(port, path, duration, concurrency, label, wrk_threads, cap, headers or {})
+        return _run_wrk(port, path, duration, concurrency, label, wrk_threads, cap, headers or {},
+                        (customers, occurred_at, dup_every))
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(_run_python(port, path, duration, concurrency, label, cap, expect_status,
-                                      headers or {}))
+                                      headers or {}, (customers, occurred_at, dup_every)))
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -85,14 +94,15 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 # --- wrk ------------------------------------------------------------------------------------
 
 def _run_wrk(port: int, path: str, duration: int, concurrency: int, label: str, threads: int,
-             cap: int, headers: Mapping[str, str]) -> LoadResult:
+             cap: int, headers: Mapping[str, str],
+             body: tuple[int, str, int] = (DEFAULT_CUSTOMERS, DEFAULT_OCCURRED_AT, 0)) -> LoadResult:
     threads = max(1, min(threads, concurrency))
     per_thread = max(1, cap // threads)
     cmd = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{duration}s", "--timeout", "10s", "--latency",
            "-s", str(WRK_SCRIPT)]
     for name, value in headers.items():
         cmd += ["-H", f"{name}: {value}"]
-    cmd += [f"http://{LOOPBACK}:{port}{path}", "--", label, str(per_thread), str(DEFAULT_CUSTOMERS)]
+    cmd += [f"http://{LOOPBACK}:{port}{path}", "--", label, str(per_thread), str(body[0]), body[1], str(body[2])]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
     if done.returncode != 0 or line is None:
@@ -135,14 +145,15 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
 
 
 async def _client(worker: int, port: int, path: str, label: str, deadline: float, cap: int,
-                  expect_status: int, headers: bytes, latencies: list[float], tally: _Tally) -> None:
+                  expect_status: int, headers: bytes, latencies: list[float], tally: _Tally,
+                  body_args: tuple[int, str, int]) -> None:
     writer: asyncio.StreamWriter | None = None
     reader: asyncio.StreamReader | None = None
     n = 0
     while time.perf_counter() < deadline and tally.issued < cap:
         tally.issued += 1
         n += 1
-        body = usage_body(label, worker, n)
+        body = usage_body(label, worker, n, *body_args)
         request = (f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Type: application/json\r\n"
                    f"Content-Length: {len(body)}\r\n").encode() + headers + b"\r\n" + body
         started = time.perf_counter()
@@ -169,14 +180,16 @@ async def _client(worker: int, port: int, path: str, label: str, deadline: float
 
 
 async def _run_python(port: int, path: str, duration: int, concurrency: int, label: str, cap: int,
-                      expect_status: int, headers: Mapping[str, str]) -> LoadResult:
+                      expect_status: int, headers: Mapping[str, str],
+                      body_args: tuple[int, str, int] = (DEFAULT_CUSTOMERS, DEFAULT_OCCURRED_AT, 0),
+                      ) -> LoadResult:
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
     latencies: list[float] = []
     tally = _Tally()
     started = time.perf_counter()
     deadline = started + duration
     await asyncio.gather(*(_client(w, port, path, label, deadline, cap, expect_status, extra,
-                                   latencies, tally) for w in range(concurrency)))
+                                   latencies, tally, body_args) for w in range(concurrency)))
     elapsed = time.perf_counter() - started
     pct = latency_percentiles(latencies) if latencies else {"p50": 0.0, "p99": 0.0}
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
