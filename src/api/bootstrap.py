@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -9,6 +10,8 @@ from typing import Any
 
 from billing_domain.application import BillingApplication
 from billing_domain.settings import Settings
+from projections.service import ProjectionService
+from projections.store import ViewStore
 
 
 @dataclass
@@ -17,6 +20,11 @@ class Services:
     app: BillingApplication
     read_models: Any = None  # projections.interface.ReadModels
     closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def start_background(self) -> None:
+        """Keep projections current in this process, unless a separate worker runs them."""
+        if self.read_models is not None:
+            self.read_models.start_background()
 
     def close(self) -> None:
         for closer in reversed(self.closers):
@@ -28,4 +36,8 @@ def build(settings: Settings | None = None, *,
           clock: Callable[[], datetime] | None = None) -> Services:
     settings = settings or Settings.from_env()
     app = BillingApplication(settings, clock=clock)
-    return Services(settings=settings, app=app)
+    external = os.environ.get("BILLING_PROJECTION_WORKER", "in-process") == "external"
+    read_models = ProjectionService(app, ViewStore.for_settings(settings),
+                                    external_worker=external)
+    return Services(settings=settings, app=app, read_models=read_models,
+                    closers=[read_models.close])

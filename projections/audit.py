@@ -1,0 +1,79 @@
+"""The audit projection: who did what, one row per fact, in log order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from billing_domain.usage import iso
+from projections.base import Projection, dumps
+
+# topic -> (action, fields kept as detail)
+ACTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Customer.Opened": ("customer.opened", ("customer_id", "name", "currency",
+                                            "late_usage_policy")),
+    "Customer.Renamed": ("customer.renamed", ("name",)),
+    "Customer.LateUsagePolicyChanged": ("customer.policy_changed", ("late_usage_policy",)),
+    "Customer.Subscribed": ("subscription.changed", ("plan_id", "plan_version",
+                                                     "effective_from")),
+    "Customer.Merged": ("customer.merged", ("into", "effective_at")),
+    "Plan.VersionPublished": ("plan.published", ("version", "currency")),
+    "Emitter.Registered": ("emitter.registered", ("name", "role")),
+    "Emitter.Granted": ("grant.created", ("grant_id", "customer_id", "meters", "valid_from",
+                                          "valid_until")),
+    "Emitter.GrantRevoked": ("grant.revoked", ("grant_id",)),
+    "Emitter.KeyIssued": ("key.created", ("key_id",)),
+    "Emitter.KeyRevoked": ("key.revoked", ("key_id",)),
+    "BillingPeriod.UsageCompensated": ("usage.compensated", (
+        "compensation_id", "event_id", "submitted_customer_id", "meter", "quantity", "reason",
+        "treatment")),
+    "BillingPeriod.UsageAdjusted": ("usage.adjusted", (
+        "adjustment_id", "meter", "quantity", "occurred_at", "reason", "treatment")),
+    "BillingPeriod.Closed": ("period.closed", ("revision", "total", "plan_id", "plan_version")),
+    "BillingPeriod.Restated": ("period.restated", ("revision", "total", "reason")),
+    "AuditFact.Recorded": ("", ("reason",)),
+}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+class AuditProjection(Projection):
+    name = "audit"
+    topics = frozenset(ACTIONS)
+
+    def tables(self) -> dict[str, str]:
+        return {"entries": "position BIGINT PRIMARY KEY, at TEXT NOT NULL, action TEXT NOT NULL, "
+                           "actor TEXT NOT NULL, emitter TEXT NOT NULL, key_id TEXT NOT NULL, "
+                           "subject TEXT, detail TEXT NOT NULL"}
+
+    def indexes(self) -> list[str]:
+        return [f"CREATE INDEX IF NOT EXISTS {self.prefix}_entries_at "
+                f"ON {self.t('entries')} (at, position)"]
+
+    def apply(self, cur: Any, events: Sequence[tuple[int, str, Any]]) -> None:
+        cur.executemany(f"INSERT INTO {self.t('entries')} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [self.entry(position, topic, event) for position, topic, event in events])
+
+    def entry(self, position: int, topic: str, e: Any) -> tuple[Any, ...]:
+        action, fields = ACTIONS[topic]
+        detail = {f: _plain(getattr(e, f, None)) for f in fields}
+        if topic == "AuditFact.Recorded":
+            action, emitter, key_id, at = e.action, e.emitter, e.key_id, e.at
+            detail.update(_plain(e.detail))
+        else:
+            emitter, _, key_id = str(getattr(e, "actor", "system/-")).partition("/")
+            at = getattr(e, "closed_at", None) or getattr(e, "received_at", None) or e.timestamp
+        subject = topic.split(".")[0]
+        return (position, at if isinstance(at, str) else iso(at), action,
+                f"{emitter}/{key_id}", emitter, key_id, subject, dumps(detail))

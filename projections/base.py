@@ -1,0 +1,66 @@
+"""What every projection is: versioned tables, handlers per event topic, applied in batches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from projections.store import Cursor
+
+
+class Projection:
+    """A view of the log. `version` names its tables; `logic` names the handlers' rules."""
+
+    name = ""
+    logic = 1
+    topics: frozenset[str] = frozenset()  # "Class.Event" qualnames; others are skipped unread
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.prefix = f"pj_{self.name}_v{version}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}_v{self.version}"
+
+    def t(self, table: str) -> str:
+        return f"{self.prefix}_{table}"
+
+    def tables(self) -> dict[str, str]:
+        """Table name suffix -> column definitions."""
+        raise NotImplementedError
+
+    def indexes(self) -> list[str]:
+        return []
+
+    def create(self, cur: Cursor) -> None:
+        for table, columns in self.tables().items():
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {self.t(table)} ({columns})")
+        for statement in self.indexes():
+            cur.execute(statement)
+
+    def drop(self, cur: Cursor) -> None:
+        for table in self.tables():
+            cur.execute(f"DROP TABLE IF EXISTS {self.t(table)}")
+
+    def apply(self, cur: Cursor, events: Sequence[tuple[int, str, Any]]) -> None:
+        """Write the rows for (position, topic, event) triples, inside the caller's transaction."""
+        raise NotImplementedError
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def dec(text: str | None) -> Decimal:
+    return Decimal(text) if text else Decimal(0)
+
+
+def stamp(moment: Any) -> str:
+    """A fixed-width UTC time, so text comparison in SQL is time comparison."""
+    from datetime import UTC, datetime
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    return str(moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))

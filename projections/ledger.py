@@ -1,0 +1,474 @@
+"""The invoices projection: usage balances, drafts, issued revisions and lineage pointers.
+
+Per (customer, period, meter) it keeps the running billed totals (the same plain dicts the
+period aggregate keeps, so the domain's pricing gives the same amounts) and one delta row
+per event that changed them. Delta rows carry `received_at`, so `as_of` reads re-add them;
+they also point lineage reads at the events in the log that hold the source records, so a
+usage event of thousands of records costs one row, not thousands.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from billing_domain.ids import invoice_id
+from billing_domain.invoicing import carried_lines, total_of, usage_lines
+from billing_domain.period import BillingPeriod, usage_item_hash
+from billing_domain.pricing import Charge, parse_charges
+from billing_domain.usage import (
+    DIGEST_MODULUS,
+    add_record,
+    compensate_record,
+    digest_text,
+    new_totals,
+    tracked_value,
+)
+from projections.base import Projection, dec, dumps, stamp
+from projections.store import Cursor
+
+CARRIED = "carried_forward"
+BILLED, LATE = "billed", "late"
+ZERO = Decimal(0)
+
+
+def totals_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {"aggregation": row["aggregation"], "field": row["field"], "sum": dec(row["sum"]),
+            "count": int(row["count"]), "values": json.loads(row["vals"]),
+            "adjustment": dec(row["adjustment"])}
+
+
+def add_totals(into: dict[str, Any], delta: dict[str, Any]) -> None:
+    into["sum"] += delta["sum"]
+    into["count"] += delta["count"]
+    into["adjustment"] += delta["adjustment"]
+    values = into["values"]
+    for value, n in delta["values"].items():
+        left = values.get(value, 0) + n
+        if left > 0:
+            values[value] = left
+        else:
+            values.pop(value, None)
+
+
+def plan_for(subscriptions: list[dict[str, Any]], period: str) -> tuple[str, int] | None:
+    """The customer aggregate's rule: the latest subscription starting by the period."""
+    chosen = None
+    for subscription in subscriptions:
+        if subscription["effective_from"] <= period:
+            chosen = subscription
+    return None if chosen is None else (chosen["plan_id"], int(chosen["plan_version"]))
+
+
+class _Batch:
+    """State one batch of events reads and changes, loaded on demand, written at the end."""
+
+    def __init__(self, projection: InvoicesProjection, cur: Cursor) -> None:
+        self.p = projection
+        self.cur = cur
+        self.periods: dict[str, dict[str, Any]] = {}  # period uuid hex -> row
+        self.period_rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self.balances: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self.deltas: dict[tuple[str, str, str, int, str], dict[str, Any]] = {}
+        self.received: dict[int, str] = {}
+        self.carried: list[tuple[Any, ...]] = []
+        self.carried_ids: list[tuple[str, str, str]] = []
+        self.compensated: dict[tuple[str, str, str], Decimal] = {}
+        self.touched: set[tuple[str, str]] = set()
+        self.customers: dict[str, dict[str, Any] | None] = {}
+        self.changed_customers: set[str] = set()
+
+    # Loading ------------------------------------------------------------------------------
+
+    def period(self, originator_id: Any) -> dict[str, Any]:
+        key = originator_id.hex
+        if key not in self.periods:
+            row = self.cur.one(f"SELECT * FROM {self.p.t('periods')} WHERE period_uuid = ?",
+                               [key])
+            if row is None:
+                raise LookupError(f"period aggregate {key} has no Opened event in the log")
+            self.periods[key] = row
+        return self.periods[key]
+
+    def balance(self, customer_id: str, period: str) -> dict[str, dict[str, Any]]:
+        key = (customer_id, period)
+        if key not in self.balances:
+            rows = self.cur.all(f"SELECT * FROM {self.p.t('balances')} "
+                                "WHERE customer_id = ? AND period = ?", key)
+            self.balances[key] = {r["meter"]: totals_from_row(r) for r in rows}
+        return self.balances[key]
+
+    def customer(self, customer_id: str) -> dict[str, Any] | None:
+        if customer_id not in self.customers:
+            row = self.cur.one(f"SELECT * FROM {self.p.t('customers')} WHERE customer_id = ?",
+                               [customer_id])
+            if row is not None:
+                row["subscriptions"] = json.loads(row["subscriptions"])
+            self.customers[customer_id] = row
+        return self.customers[customer_id]
+
+    def customer_by_uuid(self, uuid_hex: str) -> dict[str, Any]:
+        for customer in self.customers.values():
+            if customer is not None and customer["uuid"] == uuid_hex:
+                return customer
+        row = self.cur.one(f"SELECT customer_id FROM {self.p.t('customers')} WHERE uuid = ?",
+                           [uuid_hex])
+        if row is None:
+            raise LookupError(f"customer aggregate {uuid_hex} has no Opened event in the log")
+        customer = self.customer(row["customer_id"])
+        assert customer is not None
+        return customer
+
+    def delta(self, customer_id: str, period: str, meter: str, position: int, kind: str,
+              aggregation: str, field: str | None) -> dict[str, Any]:
+        key = (customer_id, period, meter, position, kind)
+        if key not in self.deltas:
+            self.deltas[key] = {**new_totals(aggregation, field), "acc": 0, "items": 0}
+        return self.deltas[key]
+
+    def meter(self, customer_id: str, period: str, meter: str, aggregation: str,
+              field: str | None) -> dict[str, Any]:
+        meters = self.balance(customer_id, period)
+        if meter not in meters:
+            meters[meter] = new_totals(aggregation, field)
+        return meters[meter]
+
+    def compensated_so_far(self, customer_id: str, period: str, event_id: str) -> Decimal:
+        key = (customer_id, period, event_id)
+        if key not in self.compensated:
+            row = self.cur.one(f"SELECT quantity FROM {self.p.t('compensated')} "
+                               "WHERE customer_id = ? AND period = ? AND event_id = ?", key)
+            self.compensated[key] = dec(row["quantity"]) if row else ZERO
+        return self.compensated[key]
+
+    def was_carried(self, customer_id: str, period: str, event_id: str) -> bool:
+        if (customer_id, period, event_id) in self.carried_ids:
+            return True
+        return self.cur.one(f"SELECT 1 AS x FROM {self.p.t('carried_ids')} WHERE "
+                            "customer_id = ? AND period = ? AND event_id = ?",
+                            [customer_id, period, event_id]) is not None
+
+    @staticmethod
+    def accumulate(row: dict[str, Any], value: int, items: int = 1,
+                   delta: dict[str, Any] | None = None) -> None:
+        row["acc"] = format((int(row["acc"], 16) + value) % DIGEST_MODULUS, "x")
+        row["items"] = int(row["items"]) + items
+        row["dirty"] = True
+        if delta is not None:  # as_of reads re-add these to give the digest of that time
+            delta["acc"] = (delta["acc"] + value) % DIGEST_MODULUS
+            delta["items"] += items
+
+
+class InvoicesProjection(Projection):
+    name = "invoices"
+    topics = frozenset({
+        "BillingPeriod.Opened", "BillingPeriod.UsageRecorded",
+        "BillingPeriod.LateUsageCarriedForward", "BillingPeriod.UsageCompensated",
+        "BillingPeriod.UsageAdjusted", "BillingPeriod.Closed", "BillingPeriod.Restated",
+        "Customer.Opened", "Customer.Subscribed", "Plan.VersionPublished",
+    })
+
+    def tables(self) -> dict[str, str]:
+        return {
+            "customers": "customer_id TEXT PRIMARY KEY, uuid TEXT NOT NULL UNIQUE, "
+                         "currency TEXT NOT NULL, subscriptions TEXT NOT NULL",
+            "plans": "plan_id TEXT NOT NULL, version INTEGER NOT NULL, currency TEXT NOT NULL, "
+                     "charges TEXT NOT NULL, PRIMARY KEY (plan_id, version)",
+            "periods": "period_uuid TEXT PRIMARY KEY, customer_id TEXT NOT NULL, "
+                       "period TEXT NOT NULL, invoice_id TEXT NOT NULL, status TEXT NOT NULL, "
+                       "acc TEXT NOT NULL, items BIGINT NOT NULL",
+            "balances": "customer_id TEXT NOT NULL, period TEXT NOT NULL, meter TEXT NOT NULL, "
+                        "aggregation TEXT NOT NULL, field TEXT, sum TEXT NOT NULL, "
+                        "count BIGINT NOT NULL, vals TEXT NOT NULL, adjustment TEXT NOT NULL, "
+                        "PRIMARY KEY (customer_id, period, meter)",
+            "deltas": "customer_id TEXT NOT NULL, period TEXT NOT NULL, meter TEXT NOT NULL, "
+                      "position BIGINT NOT NULL, kind TEXT NOT NULL, received_at TEXT NOT NULL, "
+                      "aggregation TEXT NOT NULL, field TEXT, sum TEXT NOT NULL, "
+                      "count BIGINT NOT NULL, vals TEXT NOT NULL, adjustment TEXT NOT NULL, "
+                      "acc TEXT NOT NULL, items BIGINT NOT NULL, "
+                      "PRIMARY KEY (customer_id, period, meter, kind, position)",
+            "carried": "customer_id TEXT NOT NULL, period TEXT NOT NULL, "
+                       "from_period TEXT NOT NULL, meter TEXT NOT NULL, "
+                       "position BIGINT NOT NULL, received_at TEXT NOT NULL, "
+                       "quantity TEXT NOT NULL, amount TEXT NOT NULL, acc TEXT NOT NULL, "
+                       "items BIGINT NOT NULL, "
+                       "PRIMARY KEY (customer_id, period, from_period, meter, position)",
+            "compensated": "customer_id TEXT NOT NULL, period TEXT NOT NULL, "
+                           "event_id TEXT NOT NULL, quantity TEXT NOT NULL, "
+                           "PRIMARY KEY (customer_id, period, event_id)",
+            "carried_ids": "customer_id TEXT NOT NULL, period TEXT NOT NULL, "
+                           "event_id TEXT NOT NULL, PRIMARY KEY (customer_id, period, event_id)",
+            "invoices": "invoice_id TEXT NOT NULL, revision INTEGER NOT NULL, "
+                        "customer_id TEXT NOT NULL, period TEXT NOT NULL, status TEXT NOT NULL, "
+                        "currency TEXT NOT NULL, lines TEXT NOT NULL, total TEXT NOT NULL, "
+                        "lineage_digest TEXT NOT NULL, plan_id TEXT, plan_version INTEGER, "
+                        "issued_at TEXT, position BIGINT NOT NULL, "
+                        "PRIMARY KEY (invoice_id, revision)",
+        }
+
+    def indexes(self) -> list[str]:
+        return [
+            f"CREATE INDEX IF NOT EXISTS {self.prefix}_periods_cp "
+            f"ON {self.t('periods')} (customer_id, period)",
+            f"CREATE INDEX IF NOT EXISTS {self.prefix}_invoices_cp "
+            f"ON {self.t('invoices')} (customer_id, period, revision)",
+        ]
+
+    # Rules a later logic version may change ------------------------------------------------
+
+    def draft_lines(self, period: str, meters: dict[str, dict[str, Any]],
+                    charges: Sequence[Charge], carried: list[dict[str, Any]],
+                    currency: str) -> list[dict[str, Any]]:
+        return usage_lines(period, meters, charges, currency) + carried_lines(carried, currency)
+
+    # Applying events ------------------------------------------------------------------------
+
+    def apply(self, cur: Cursor, events: Sequence[tuple[int, str, Any]]) -> None:
+        batch = _Batch(self, cur)
+        handlers = {
+            "BillingPeriod.Opened": self._on_period_opened,
+            "BillingPeriod.UsageRecorded": self._on_usage,
+            "BillingPeriod.LateUsageCarriedForward": self._on_carried,
+            "BillingPeriod.UsageCompensated": self._on_compensated,
+            "BillingPeriod.UsageAdjusted": self._on_adjusted,
+            "BillingPeriod.Closed": self._on_issued,
+            "BillingPeriod.Restated": self._on_issued,
+            "Customer.Opened": self._on_customer_opened,
+            "Customer.Subscribed": self._on_subscribed,
+            "Plan.VersionPublished": self._on_plan_published,
+        }
+        for position, topic, event in events:
+            handlers[topic](batch, position, event)
+        self._write(batch)
+
+    def _on_period_opened(self, b: _Batch, position: int, e: Any) -> None:
+        row = {"period_uuid": e.originator_id.hex, "customer_id": e.customer_id,
+                   "period": e.period, "invoice_id": invoice_id(e.customer_id, e.period),
+                   "status": "open", "acc": "0", "items": 0, "dirty": True}
+        b.periods[row["period_uuid"]] = row
+        b.balances.setdefault((e.customer_id, e.period), {})
+        b.touched.add((e.customer_id, e.period))
+
+    def _on_customer_opened(self, b: _Batch, position: int, e: Any) -> None:
+        b.customers[e.customer_id] = {"customer_id": e.customer_id,
+                                      "uuid": e.originator_id.hex, "currency": e.currency,
+                                      "subscriptions": []}
+        b.changed_customers.add(e.customer_id)
+
+    def _on_subscribed(self, b: _Batch, position: int, e: Any) -> None:
+        customer = b.customer_by_uuid(e.originator_id.hex)
+        customer_id = customer["customer_id"]
+        customer["subscriptions"].append({"plan_id": e.plan_id, "plan_version": e.plan_version,
+                                          "effective_from": e.effective_from})
+        b.changed_customers.add(customer_id)
+        for row in b.cur.all(f"SELECT period FROM {self.t('periods')} WHERE customer_id = ? "
+                             "AND period >= ? AND status = 'open'",
+                             [customer_id, e.effective_from]):
+            b.touched.add((customer_id, row["period"]))
+        for row in b.periods.values():
+            if row["customer_id"] == customer_id and row["period"] >= e.effective_from:
+                b.touched.add((customer_id, row["period"]))
+
+    def _on_plan_published(self, b: _Batch, position: int, e: Any) -> None:
+        b.cur.execute(f"INSERT INTO {self.t('plans')} VALUES (?, ?, ?, ?)",
+                      [e.originator_id.hex, e.version, e.currency, dumps(e.charges)])
+
+    def _on_usage(self, b: _Batch, position: int, e: Any) -> None:
+        row = b.period(e.originator_id)
+        customer_id, period = row["customer_id"], row["period"]
+        billed = e.treatment != CARRIED
+        kind = BILLED if billed else LATE
+        by_meter: dict[str, dict[str, Any]] = {}
+        for record in e.records:
+            meter = record[2]
+            delta = by_meter.get(meter)
+            if delta is None:
+                aggregation, field = e.meters[meter]
+                delta = by_meter[meter] = b.delta(customer_id, period, meter, position, kind,
+                                                  aggregation, field)
+            quantity = Decimal(record[3])
+            value = tracked_value(delta, quantity, record[5]) \
+                if delta["aggregation"] in ("max", "unique_count") else None
+            add_record(delta, quantity, value)
+            if billed:
+                delta["acc"] += usage_item_hash(record, e.received_at, e.emitter, e.key_id)
+                delta["items"] += 1
+            else:
+                b.carried_ids.append((customer_id, period, record[0]))
+        b.received[position] = e.received_at
+        for meter, delta in by_meter.items():
+            totals = b.meter(customer_id, period, meter, delta["aggregation"], delta["field"])
+            if billed:
+                add_totals(totals, delta)
+                delta["acc"] %= DIGEST_MODULUS
+                b.accumulate(row, delta["acc"], delta["items"])
+        if billed:
+            b.touched.add((customer_id, period))
+
+    def _on_carried(self, b: _Batch, position: int, e: Any) -> None:
+        row = b.period(e.originator_id)
+        acc = sum(int(source[2], 16) for source in e.sources) % DIGEST_MODULUS
+        b.carried.append((row["customer_id"], row["period"], e.from_period, e.meter, position,
+                          stamp(e.received_at), str(e.quantity), str(e.amount), format(acc, "x"),
+                          len(e.sources)))
+        b.accumulate(row, acc, len(e.sources))
+        b.touched.add((row["customer_id"], row["period"]))
+
+    def _on_compensated(self, b: _Batch, position: int, e: Any) -> None:
+        row = b.period(e.originator_id)
+        customer_id, period = row["customer_id"], row["period"]
+        net_before = e.original_quantity - b.compensated_so_far(customer_id, period, e.event_id)
+        b.compensated[(customer_id, period, e.event_id)] += e.quantity
+        b.received[position] = e.received_at
+        totals = b.meter(customer_id, period, e.meter, "sum", None)
+        billed = e.treatment != CARRIED and not b.was_carried(customer_id, period, e.event_id)
+        delta = b.delta(customer_id, period, e.meter, position, BILLED if billed else LATE,
+                        totals["aggregation"], totals["field"])
+        before = tracked_value(totals, net_before, e.properties)
+        after = tracked_value(totals, net_before - e.quantity, e.properties)
+        delta["sum"] -= e.quantity
+        if before is not None:
+            delta["values"][before] = delta["values"].get(before, 0) - 1
+        if net_before - e.quantity <= 0:
+            delta["count"] -= 1
+        elif after is not None:
+            delta["values"][after] = delta["values"].get(after, 0) + 1
+        if billed:
+            compensate_record(totals, e.quantity, net_before=net_before, value_before=before,
+                              value_after=after)
+            b.accumulate(row, BillingPeriod._compensation_hash(
+                e.compensation_id, e.event_id, e.submitted_customer_id, e.meter, e.quantity,
+                e.reason, e.received_at, e.actor), delta=delta)
+            b.touched.add((customer_id, period))
+
+    def _on_adjusted(self, b: _Batch, position: int, e: Any) -> None:
+        row = b.period(e.originator_id)
+        customer_id, period = row["customer_id"], row["period"]
+        billed = e.treatment != CARRIED
+        delta = b.delta(customer_id, period, e.meter, position, BILLED if billed else LATE,
+                        e.aggregation, e.field)
+        delta["adjustment"] += e.quantity
+        b.received[position] = e.received_at
+        if billed:
+            b.meter(customer_id, period, e.meter, e.aggregation, e.field)["adjustment"] += \
+                e.quantity
+            b.accumulate(row, BillingPeriod._adjustment_hash(
+                e.adjustment_id, e.meter, e.quantity, e.occurred_at, e.reason, e.received_at,
+                e.actor), delta=delta)
+            b.touched.add((customer_id, period))
+
+    def _on_issued(self, b: _Batch, position: int, e: Any) -> None:
+        row = b.period(e.originator_id)
+        row["status"] = "closed"
+        row["dirty"] = True
+        b.cur.execute(f"UPDATE {self.t('invoices')} SET status = 'superseded' "
+                      "WHERE invoice_id = ? AND revision < ?", [row["invoice_id"], e.revision])
+        self._upsert_invoice(b.cur, {
+            "invoice_id": row["invoice_id"], "revision": e.revision,
+            "customer_id": row["customer_id"], "period": row["period"], "status": "issued",
+            "currency": e.currency, "lines": dumps(e.lines), "total": str(e.total),
+            "lineage_digest": e.lineage_digest, "plan_id": e.plan_id,
+            "plan_version": e.plan_version, "issued_at": stamp(e.closed_at),
+            "position": position})
+
+    # Writing ----------------------------------------------------------------------------------
+
+    def _upsert_invoice(self, cur: Cursor, row: dict[str, Any]) -> None:
+        columns = list(row)
+        cur.execute(
+            f"INSERT INTO {self.t('invoices')} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT (invoice_id, revision) "
+            f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in columns[2:])}",
+            [row[c] for c in columns])
+
+    def _write(self, b: _Batch) -> None:
+        cur = b.cur
+        b.period_rows = {(r["customer_id"], r["period"]): r for r in b.periods.values()}
+        for customer_id in b.changed_customers:
+            customer = b.customers[customer_id]
+            assert customer is not None
+            cur.execute(f"INSERT INTO {self.t('customers')} VALUES (?, ?, ?, ?) ON CONFLICT "
+                        "(customer_id) DO UPDATE SET subscriptions = excluded.subscriptions",
+                        [customer_id, customer["uuid"], customer["currency"],
+                         dumps(customer["subscriptions"])])
+        cur.executemany(
+            f"INSERT INTO {self.t('periods')} VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+            "(period_uuid) DO UPDATE SET status = excluded.status, acc = excluded.acc, "
+            "items = excluded.items",
+            [(r["period_uuid"], r["customer_id"], r["period"], r["invoice_id"], r["status"],
+              r["acc"], r["items"]) for r in b.periods.values() if r.get("dirty")])
+        cur.executemany(
+            f"INSERT INTO {self.t('balances')} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+            "(customer_id, period, meter) DO UPDATE SET sum = excluded.sum, "
+            "count = excluded.count, vals = excluded.vals, adjustment = excluded.adjustment",
+            [(c, p, m, t["aggregation"], t["field"], str(t["sum"]), t["count"],
+              dumps(t["values"]), str(t["adjustment"]))
+             for (c, p), meters in b.balances.items() for m, t in meters.items()])
+        cur.executemany(
+            f"INSERT INTO {self.t('deltas')} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(c, p, m, pos, kind, stamp(b.received[pos]), t["aggregation"], t["field"],
+              str(t["sum"]), t["count"], dumps(t["values"]), str(t["adjustment"]),
+              format(t["acc"], "x"), t["items"])
+             for (c, p, m, pos, kind), t in b.deltas.items()])
+        cur.executemany(f"INSERT INTO {self.t('carried')} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        b.carried)
+        cur.executemany(f"INSERT INTO {self.t('carried_ids')} VALUES (?, ?, ?) "
+                        "ON CONFLICT DO NOTHING", b.carried_ids)
+        cur.executemany(
+            f"INSERT INTO {self.t('compensated')} VALUES (?, ?, ?, ?) ON CONFLICT "
+            "(customer_id, period, event_id) DO UPDATE SET quantity = excluded.quantity",
+            [(*key, str(q)) for key, q in b.compensated.items()])
+        for customer_id, period in sorted(b.touched):
+            self._write_draft(b, customer_id, period)
+
+    def _write_draft(self, b: _Batch, customer_id: str, period: str) -> None:
+        row = b.period_rows.get((customer_id, period))
+        if row is None:
+            row = b.cur.one(f"SELECT * FROM {self.t('periods')} WHERE customer_id = ? "
+                            "AND period = ?", [customer_id, period])
+        if row is None or row["status"] != "open":
+            return
+        customer = b.customer(customer_id)
+        if customer is None:
+            return
+        subscribed = plan_for(customer["subscriptions"], period)
+        charges = self.charges(b.cur, subscribed)
+        carried = self.carried_entries(b.cur, customer_id, period)
+        lines = self.draft_lines(period, b.balance(customer_id, period), charges, carried,
+                                 customer["currency"])
+        self._upsert_invoice(b.cur, {
+            "invoice_id": row["invoice_id"], "revision": 1, "customer_id": customer_id,
+            "period": period, "status": "draft", "currency": customer["currency"],
+            "lines": dumps(lines), "total": total_of(lines),
+            "lineage_digest": digest_text(int(row["acc"], 16), int(row["items"])),
+            "plan_id": subscribed[0] if subscribed else None,
+            "plan_version": subscribed[1] if subscribed else None, "issued_at": None,
+            "position": 0})
+
+    # Shared with the reads ----------------------------------------------------------------------
+
+    def charges(self, cur: Cursor, plan: tuple[str, int] | None) -> tuple[Charge, ...]:
+        if plan is None:
+            return ()
+        from billing_domain.ids import plan_uuid
+        row = cur.one(f"SELECT charges FROM {self.t('plans')} WHERE plan_id = ? AND version = ?",
+                      [plan_uuid(plan[0]).hex, plan[1]])
+        return parse_charges(json.loads(row["charges"])) if row else ()
+
+    def carried_entries(self, cur: Cursor, customer_id: str, period: str,
+                        as_of: str | None = None) -> list[dict[str, Any]]:
+        entries: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in cur.all(f"SELECT from_period, meter, quantity, amount, received_at FROM "
+                         f"{self.t('carried')} WHERE customer_id = ? AND period = ?",
+                         [customer_id, period]):
+            if as_of is not None and r["received_at"] > as_of:
+                continue
+            entry = entries.setdefault((r["from_period"], r["meter"]), {
+                "from_period": r["from_period"], "meter": r["meter"], "quantity": ZERO,
+                "amount": ZERO})
+            entry["quantity"] += dec(r["quantity"])
+            entry["amount"] += dec(r["amount"])
+        return list(entries.values())
+

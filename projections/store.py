@@ -1,0 +1,165 @@
+"""Where the views live: SQL connections to PostgreSQL or SQLite behind one small interface.
+
+PostgreSQL views live in the events' database and schema. SQLite views live in a sibling
+file (`billing.db` -> `billing.views.db`): SQLite has one writer per file, so a separate
+file keeps view writes from queueing behind ingestion. Either way a view's rows and its
+tracking position share one database, so they commit in one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from billing_domain.settings import Settings
+
+
+class Cursor:
+    """One transaction's statements, with `?` placeholders on both databases."""
+
+    def __init__(self, raw: Any, postgres: bool) -> None:
+        self.raw = raw
+        self.postgres = postgres
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.postgres else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        self.raw.execute(self._sql(sql), tuple(params))
+        return self
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.raw.executemany(self._sql(sql), rows)
+
+    @property
+    def rowcount(self) -> int:
+        return int(self.raw.rowcount)
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        self.execute(sql, params)
+        return [dict(row) for row in self.raw.fetchall()]
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        self.execute(sql, params)
+        row = self.raw.fetchone()
+        return None if row is None else dict(row)
+
+
+class ViewStore:
+    postgres: bool
+
+    @staticmethod
+    def for_settings(settings: Settings) -> ViewStore:
+        env = settings.eventsourcing_env()
+        if settings.is_postgres:
+            return PostgresViewStore(env)
+        return SQLiteViewStore(env["SQLITE_DBNAME"])
+
+    @contextmanager
+    def write(self) -> Iterator[Cursor]:
+        raise NotImplementedError
+
+    @contextmanager
+    def read(self) -> Iterator[Cursor]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class SQLiteViewStore(ViewStore):
+    postgres = False
+
+    def __init__(self, events_db: str) -> None:
+        self.uri = events_db.startswith("file:")
+        if self.uri:
+            self.path = "file:billing_views?mode=memory&cache=shared"
+        else:
+            events = Path(events_db)
+            self.path = str(events.with_name(f"{events.stem}.views{events.suffix or '.db'}"))
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._keeper = self._connect()  # an in-memory database lives while one connection does
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, uri=self.uri, isolation_level=None, timeout=30,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        if not self.uri:
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[Cursor]:
+        conn = self._conn()
+        raw = conn.cursor()
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            yield Cursor(raw, False)
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+    @contextmanager
+    def read(self) -> Iterator[Cursor]:
+        conn = self._conn()
+        raw = conn.cursor()
+        raw.execute("BEGIN")
+        try:
+            yield Cursor(raw, False)
+        finally:
+            conn.rollback()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+class PostgresViewStore(ViewStore):
+    postgres = True
+
+    def __init__(self, env: dict[str, str]) -> None:
+        from psycopg.rows import dict_row
+        from psycopg_pool import ConnectionPool
+
+        self.schema = env.get("POSTGRES_SCHEMA") or "public"
+        conninfo = (f"dbname={env['POSTGRES_DBNAME']} host={env['POSTGRES_HOST']} "
+                    f"port={env['POSTGRES_PORT']} user={env['POSTGRES_USER']}")
+        kwargs: dict[str, Any] = {"row_factory": dict_row, "autocommit": True,
+                                  "options": f"-c search_path={self.schema}"}
+        if env.get("POSTGRES_PASSWORD"):
+            kwargs["password"] = env["POSTGRES_PASSWORD"]
+        self.pool = ConnectionPool(conninfo, min_size=1, max_size=6, kwargs=kwargs, open=True,
+                                   name="billing-views")
+
+    @contextmanager
+    def write(self) -> Iterator[Cursor]:
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as raw:
+            yield Cursor(raw, True)
+
+    @contextmanager
+    def read(self) -> Iterator[Cursor]:
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as raw:
+            yield Cursor(raw, True)
+
+    def close(self) -> None:
+        self.pool.close()
