@@ -77,3 +77,14 @@ class AuditProjection(Projection):
         subject = topic.split(".")[0]
         return (position, at if isinstance(at, str) else iso(at), action,
                 f"{emitter}/{key_id}", emitter, key_id, subject, dumps(detail))
+
+    def changes(self, cur: Any, live: Projection) -> list[dict[str, Any]]:
+        """Entries whose action, actor or detail differ between the live view and this one."""
+        rows = cur.all(
+            f"SELECT COALESCE(o.position, n.position) AS position, o.action, o.actor, o.detail, n.action AS new_action, "
+            f"n.actor AS new_actor, n.detail AS new_detail FROM {live.t('entries')} o "
+            f"FULL OUTER JOIN {self.t('entries')} n ON o.position = n.position "
+            f"WHERE o.position IS NULL OR n.position IS NULL OR o.action <> n.action "
+            f"OR o.actor <> n.actor OR o.detail <> n.detail")
+        return [{"position": r["position"], "before": r["action"], "after": r["new_action"]}
+                for r in rows]

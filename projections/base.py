@@ -49,6 +49,10 @@ class Projection:
         """Write the rows for (position, topic, event) triples, inside the caller's transaction."""
         raise NotImplementedError
 
+    def changes(self, cur: Cursor, live: Projection) -> list[dict[str, Any]]:
+        """What switching reads from `live` to this version would change, for an operator."""
+        raise NotImplementedError
+
 
 def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

@@ -113,9 +113,10 @@ class Runner:
 
     def catch_up(self, version: Version, *, stop: int | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> int:
+                 should_stop: Callable[[], bool] | None = None,
+                 projection: Projection | None = None) -> int:
         """Apply everything after the version's position (up to `stop`); return the position."""
-        projection = self.projection(version)
+        projection = projection or self.projection(version)
         with self._lock(version.key):
             position = self._position(version)
             while True:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 from datetime import datetime
@@ -13,10 +15,12 @@ from projections.base import stamp
 from projections.ledger import InvoicesProjection
 from projections.lineage import LineageReads
 from projections.reads import InvoiceReads, decode_cursor, encode_cursor
+from projections.rebuild import Rebuilds, base_name
 from projections.runner import Runner, Version
 from projections.store import ViewStore
 
 POLL_SECONDS = 0.05
+log = logging.getLogger(__name__)
 
 
 class ProjectionService:
@@ -32,6 +36,9 @@ class ProjectionService:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.last_error: str | None = None
+        self.rebuilds = Rebuilds(self.runner)
+        self._rebuilding: dict[str, dict[str, Any]] = {}
+        self._rebuild_lock = threading.Lock()
 
     # Positions --------------------------------------------------------------------------
 
@@ -120,7 +127,6 @@ class ProjectionService:
         if after is not None:
             where.append("position > ?")
             params.append(int(after[0]))
-        import json
         with self.store.read() as cur:
             rows = cur.all(f"SELECT * FROM {projection.t('entries')} WHERE "
                            f"{' AND '.join(where)} ORDER BY position LIMIT ?", [*params, limit + 1])
@@ -191,9 +197,47 @@ class ProjectionService:
                 self.last_error = None
             except Exception as error:  # noqa: BLE001 - a worker must outlive one bad batch
                 self.last_error = f"{type(error).__name__}: {error}"
+                log.exception("projection catch-up failed; retrying")
                 self._stop.wait(1.0)
             self._wake.wait(poll)
             self._wake.clear()
+
+    # Rebuilds -------------------------------------------------------------------------------
+
+    def start_rebuild(self, name: str) -> dict[str, Any]:
+        """Build the next version of a projection in the background and switch reads to it."""
+        base = base_name(name)
+        with self._rebuild_lock:
+            current = self._rebuilding.get(base)
+            if current is not None and current["state"] == "building":
+                return dict(current)
+            state: dict[str, Any] = {"name": base, "version": None, "state": "building",
+                                     "position": 0, "target": self.max_position(),
+                                     "error": None}
+            self._rebuilding[base] = state
+            threading.Thread(target=self._rebuild, args=(state,), name=f"rebuild-{base}",
+                             daemon=True).start()
+            return dict(state)
+
+    def rebuild_state(self, name: str) -> dict[str, Any] | None:
+        state = self._rebuilding.get(base_name(name))
+        return None if state is None else dict(state)
+
+    def _rebuild(self, state: dict[str, Any]) -> None:
+        try:
+            version = self.rebuilds.begin(state["name"])
+            state["version"] = version.version
+
+            def progress(position: int, _weight: int) -> None:
+                state["position"] = position
+
+            self.rebuilds.build(version, progress=progress, should_stop=self._stop.is_set)
+            self.rebuilds.switch(version)
+            state["state"] = "live"
+        except Exception as error:  # noqa: BLE001 - reported through the state, and logged
+            log.exception("rebuild of %s failed", state["name"])
+            state["state"] = "failed"
+            state["error"] = f"{type(error).__name__}: {error}"
 
     def close(self) -> None:
         self.stop_background()

@@ -1,0 +1,79 @@
+"""Rebuilding a projection: a new version built beside the live one, switched when caught up."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from projections.runner import REGISTRY, TRACKING, Runner, Version
+
+
+class UnknownProjection(KeyError):
+    code = "unknown_projection"
+    field = "name"
+
+    @property
+    def reason(self) -> str:
+        return f"no projection named {self.args[0]!r}; known: {', '.join(sorted(REGISTRY))}"
+
+
+def base_name(name: str) -> str:
+    """`invoices` and `invoices_v3` both name the invoices projection."""
+    base = re.sub(r"_v\d+$", "", name)
+    if base not in REGISTRY:
+        raise UnknownProjection(name)
+    return base
+
+
+class Rebuilds:
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def begin(self, name: str) -> Version:
+        """Create the next version's empty tables with the newest registered logic."""
+        name = base_name(name)
+        logic = max(REGISTRY[name])
+        with self.runner.store.write() as cur:
+            versions = [v for v in self.runner.versions(cur) if v.name == name]
+            for stale in versions:
+                if stale.state in ("building", "ready", "retired"):
+                    self.runner.projection(stale).drop(cur)
+                    cur.execute(f"DELETE FROM {TRACKING} WHERE name = ? AND version = ?",
+                                [name, stale.version])
+            number = max(v.version for v in versions) + 1  # never reuse a retired number
+            cur.execute(f"INSERT INTO {TRACKING} VALUES (?, ?, ?, 'building', 0)",
+                        [name, number, logic])
+            version = Version(name, number, logic, "building", 0)
+            self.runner.projection(version).create(cur)
+        return version
+
+    def build(self, version: Version, progress: Callable[[int, int], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> int:
+        """Catch the new version up with the log from position zero, batch by batch."""
+        position = self.runner.catch_up(version, progress=progress, should_stop=should_stop)
+        self._set_state(version, "ready", "building")
+        return position
+
+    def diff(self, version: Version) -> list[dict[str, Any]]:
+        live = self.runner.live(version.name)
+        with self.runner.store.read() as cur:
+            return self.runner.projection(version).changes(cur, self.runner.projection(live))
+
+    def switch(self, version: Version) -> Version:
+        """Catch up to the head of the log, then make this version the one reads use."""
+        for _ in range(5):
+            head = int(self.runner.app.recorder.max_notification_id() or 0)
+            if self.runner.catch_up(version) >= head:
+                break
+        with self.runner.store.write() as cur:
+            cur.execute(f"UPDATE {TRACKING} SET state = 'retired' WHERE name = ? AND "
+                        "state = 'live'", [version.name])
+            cur.execute(f"UPDATE {TRACKING} SET state = 'live' WHERE name = ? AND version = ?",
+                        [version.name, version.version])
+        return self.runner.live(version.name)
+
+    def _set_state(self, version: Version, state: str, only_from: str) -> None:
+        with self.runner.store.write() as cur:
+            cur.execute(f"UPDATE {TRACKING} SET state = ? WHERE name = ? AND version = ? "
+                        "AND state = ?", [state, version.name, version.version, only_from])
