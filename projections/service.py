@@ -215,9 +215,10 @@ class ProjectionService:
                                      "position": 0, "target": self.max_position(),
                                      "error": None}
             self._rebuilding[base] = state
+            started = dict(state)
             threading.Thread(target=self._rebuild, args=(state,), name=f"rebuild-{base}",
                              daemon=True).start()
-            return dict(state)
+            return started
 
     def rebuild_state(self, name: str) -> dict[str, Any] | None:
         state = self._rebuilding.get(base_name(name))

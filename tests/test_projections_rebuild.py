@@ -1,0 +1,145 @@
+"""Rebuilding a projection after a change of logic; reads as known at an ingestion time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from api.bootstrap import Services, build
+from api.cli import main
+from billing_domain.ids import invoice_id
+from billing_domain.pricing import Charge
+from billing_domain.settings import Settings
+from projections.ledger import InvoicesProjection
+from projections.runner import REGISTRY
+from tests.conftest import Clock
+from tests.scenario import at, customer, usage
+from tests.test_projections import a_month_of_business
+
+
+@pytest.fixture
+def services(settings: Settings, clock: Clock) -> Iterator[Services]:
+    built = build(settings, clock=clock)
+    yield built
+    built.close()
+
+
+class WholeUnitDrafts(InvoicesProjection):
+    """A change of pricing logic: draft lines are rounded up to whole currency units."""
+
+    logic = 2
+
+    def draft_lines(self, period: str, meters: dict[str, dict[str, Any]],
+                    charges: Sequence[Charge], carried: list[dict[str, Any]],
+                    currency: str) -> list[dict[str, Any]]:
+        lines = super().draft_lines(period, meters, charges, carried, currency)
+        for line in lines:
+            line["amount"] = str(Decimal(line["amount"]).to_integral_value(ROUND_CEILING)
+                                 .quantize(Decimal("0.01")))
+        return lines
+
+
+@pytest.fixture
+def whole_unit_logic() -> Iterator[None]:
+    REGISTRY["invoices"][2] = WholeUnitDrafts
+    yield
+    del REGISTRY["invoices"][2]
+
+
+def test_a_full_rebuild_equals_the_live_view(services: Services, clock: Clock) -> None:
+    a_month_of_business(services, clock)
+    models = services.read_models
+    models.catch_up()
+    before = models.invoices(limit=1000)["items"]
+    version = models.rebuilds.begin("invoices")
+    models.rebuilds.build(version)
+    assert models.rebuilds.diff(version) == []
+    models.rebuilds.switch(version)
+    assert models.runner.live("invoices").version == version.version
+    assert models.invoices(limit=1000)["items"] == before
+
+
+def test_a_new_rounding_rule_changes_exactly_the_drafts_it_should(
+        services: Services, clock: Clock, whole_unit_logic: None) -> None:
+    a_month_of_business(services, clock)
+    customer(services.app, "initech")
+    services.app.record_usage([usage("i1", 100, at(2, 11), customer_id="initech")])
+    models = services.read_models
+    models.catch_up()
+    acme_draft = invoice_id("acme", "2026-11")
+    before = models.invoice(acme_draft)
+    result = CliRunner().invoke(main, ["projections", "rebuild", "invoices"], input="n\n",
+                                env={"BILLING_DATABASE_URL": services.settings.database_url})
+    assert result.exit_code == 0, result.output
+    assert "1 difference(s)" in result.output and acme_draft in result.output
+    assert "reads unchanged" in result.output
+    assert models.invoice(acme_draft)["total"] == before["total"]
+    ready = [s for s in models.status() if s["name"] == "invoices" and s["state"] == "ready"]
+    assert len(ready) == 1 and ready[0]["logic"] == 2
+
+    version = models.rebuilds.begin("invoices")
+    models.rebuilds.build(version)
+    changes = models.rebuilds.diff(version)
+    assert [(c["invoice_id"], c["revision"]) for c in changes] == [(acme_draft, 1)]
+    assert changes[0]["before"]["total"] == before["total"]
+    assert Decimal(changes[0]["after"]["total"]) > Decimal(before["total"])
+    models.rebuilds.switch(version)
+    after = models.invoice(acme_draft)
+    assert after["total"] == changes[0]["after"]["total"]
+    assert models.invoice(invoice_id("acme", "2026-10"))["total"] == \
+        services.app.invoice("acme", "2026-10")["total"]
+
+
+def test_a_rebuild_requested_over_the_api_switches_when_caught_up(
+        services: Services, clock: Clock) -> None:
+    a_month_of_business(services, clock)
+    models = services.read_models
+    models.catch_up()
+    state = models.start_rebuild("invoices_v1")
+    assert state["state"] == "building"
+    deadline = time.monotonic() + 20
+    while models.rebuild_state("invoices")["state"] == "building":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert models.rebuild_state("invoices")["state"] == "live"
+    assert models.runner.live("invoices").version == 2
+    assert models.invoice(invoice_id("acme", "2026-11"))["total"] == \
+        services.app.invoice("acme", "2026-11")["total"]
+
+
+def test_as_of_answers_as_known_before_and_after_a_late_event(
+        services: Services, clock: Clock) -> None:
+    app, models = services.app, services.read_models
+    customer(app, "acme")
+    app.record_usage([usage("e1", 1200, at(5)), usage("s1", 4, at(5), meter="storage_gb")])
+    first_known = clock.advance(hours=1)
+    clock.advance(days=30)
+    app.record_usage([usage("late", 300, at(30)), usage("s2", 9, at(31), meter="storage_gb")])
+    then_draft = clock.advance(minutes=1)
+    clock.advance(hours=1)
+    app.close_period("acme", "2026-10")
+    models.catch_up()
+    october = invoice_id("acme", "2026-10")
+
+    early = models.usage("acme", "2026-10", as_of=first_known)["items"]
+    assert [(i["meter"], i["quantity"]) for i in early] == [("api_calls", "1200"),
+                                                            ("storage_gb", "4")]
+    late = models.usage("acme", "2026-10")["items"]
+    assert [(i["meter"], i["quantity"]) for i in late] == [("api_calls", "1500"),
+                                                           ("storage_gb", "9")]
+
+    draft_then = models.invoice(october, as_of=first_known)
+    assert draft_then["status"] == "draft"
+    assert draft_then["total"] == "14.00"  # 1000 x 0.01 + 200 x 0.005 + 2 flat + 4 GB x 0.25
+    draft_later = models.invoice(october, as_of=then_draft)
+    assert draft_later["status"] == "draft" and draft_later["total"] == "16.75"
+    issued = models.invoice(october)
+    assert issued["status"] == "issued" and issued["total"] == \
+        app.invoice("acme", "2026-10")["total"] == "16.75"
+    assert draft_later["lineage_digest"] == issued["lineage_digest"]
+    assert models.invoice(october, as_of=clock.now)["status"] == "issued"
