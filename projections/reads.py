@@ -10,6 +10,7 @@ from typing import Any
 from billing_domain.invoicing import charge_amount, total_of
 from billing_domain.pricing import Charge
 from billing_domain.usage import DIGEST_MODULUS, decimal_text, digest_text, new_totals
+from projections.errors import InvalidCursor
 from projections.ledger import BILLED, InvoicesProjection, add_totals, plan_for, totals_from_row
 from projections.store import Cursor
 
@@ -23,20 +24,11 @@ def decode_cursor(cursor: str | None) -> list[Any] | None:
         return None
     try:
         parts = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except ValueError:
+    except (ValueError, TypeError):
         raise InvalidCursor("cursor is not one this service gave out") from None
     if not isinstance(parts, list):
         raise InvalidCursor("cursor is not one this service gave out")
     return parts
-
-
-class InvalidCursor(ValueError):
-    code = "invalid_cursor"
-    field = "cursor"
-
-    @property
-    def reason(self) -> str:
-        return str(self)
 
 
 def invoice_view(row: dict[str, Any]) -> dict[str, Any]:

@@ -6,23 +6,16 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from projections.errors import UnknownProjection
 from projections.runner import REGISTRY, TRACKING, Runner, Version
-
-
-class UnknownProjection(KeyError):
-    code = "unknown_projection"
-    field = "name"
-
-    @property
-    def reason(self) -> str:
-        return f"no projection named {self.args[0]!r}; known: {', '.join(sorted(REGISTRY))}"
 
 
 def base_name(name: str) -> str:
     """`invoices` and `invoices_v3` both name the invoices projection."""
     base = re.sub(r"_v\d+$", "", name)
     if base not in REGISTRY:
-        raise UnknownProjection(name)
+        raise UnknownProjection(
+            f"no projection named {name!r}; known: {', '.join(sorted(REGISTRY))}")
     return base
 
 

@@ -23,6 +23,7 @@ from projections.store import Cursor, ViewStore
 
 REGISTRY: dict[str, dict[int, type[Projection]]] = {}
 TRACKING = "projection_versions"
+BATCH_BYTES = 1_000_000
 
 
 def register(cls: type[Projection]) -> type[Projection]:
@@ -58,7 +59,7 @@ def topic_name(topic: str) -> str:
 
 class Runner:
     def __init__(self, app: BillingApplication, store: ViewStore, *,
-                 batch_size: int = 200) -> None:
+                 batch_size: int = 1000) -> None:
         self.app = app
         self.store = store
         self.batch_size = batch_size
@@ -101,15 +102,20 @@ class Runner:
             return self._locks.setdefault(key, threading.Lock())
 
     def notifications(self, after: int, stop: int | None = None) -> Iterator[list[Notification]]:
+        """Batches of the log after a position, sized so each holds about BATCH_BYTES of
+        stored events: many small events share a transaction, huge ones do not pile up."""
+        limit = min(self.batch_size, 10)
         while True:
-            batch = self.app.recorder.select_notifications(
-                start=after + 1, limit=self.batch_size, stop=stop)
+            batch = self.app.recorder.select_notifications(start=after + 1, limit=limit,
+                                                           stop=stop)
             if not batch:
                 return
             yield list(batch)
             after = batch[-1].id
             if stop is not None and after >= stop:
                 return
+            average = max(sum(len(n.state) for n in batch) // len(batch), 1)
+            limit = max(1, min(self.batch_size, limit * 2, BATCH_BYTES // average))
 
     def catch_up(self, version: Version, *, stop: int | None = None,
                  progress: Callable[[int, int], None] | None = None,

@@ -27,7 +27,7 @@ class ProjectionService:
     """Implements projections.interface.ReadModels over the live version of each projection."""
 
     def __init__(self, app: BillingApplication, store: ViewStore, *,
-                 external_worker: bool = False, batch_size: int = 200) -> None:
+                 external_worker: bool = False, batch_size: int = 1000) -> None:
         self.app = app
         self.store = store
         self.runner = Runner(app, store, batch_size=batch_size)

@@ -125,3 +125,34 @@ def test_audit_log_names_who_did_what(services: Services, clock: Clock) -> None:
     page = models.audit(limit=3)
     assert len(page["items"]) == 3 and page["next_cursor"]
     assert models.audit(actor="system/-")["items"]
+
+
+SEATS_PLAN = [
+    {"meter": "active_users", "aggregation": "unique_count", "field": "user",
+     "model": "per_unit", "unit_amount": "3"},
+    {"meter": "peak_gb", "aggregation": "max", "model": "volume",
+     "tiers": [{"up_to": 10, "unit_amount": "1"}, {"up_to": None, "unit_amount": "0.5"}]},
+    {"meter": "jobs", "aggregation": "count", "model": "package", "package_size": 2,
+     "package_amount": "5"},
+]
+
+
+def test_unique_max_and_count_meters_after_compensations(services: Services) -> None:
+    app, models = services.app, services.read_models
+    customer(app, "acme", plan="seats", charges=SEATS_PLAN)
+    app.record_usage([usage("u1", 1, at(2), meter="active_users", user="ann"),
+                      usage("u2", 1, at(3), meter="active_users", user="bob"),
+                      usage("u3", 1, at(4), meter="active_users", user="ann"),
+                      usage("p1", 14, at(2), meter="peak_gb"),
+                      usage("p2", 9, at(3), meter="peak_gb"),
+                      usage("j1", 1, at(2), meter="jobs"), usage("j2", 1, at(2), meter="jobs"),
+                      usage("j3", 1, at(2), meter="jobs")])
+    app.compensate("acme", "u2", "c-bob", None, "test user")
+    app.compensate("acme", "p1", "c-peak", Decimal(6), "double-counted volume")
+    app.compensate("acme", "j3", "c-job", None, "job never ran")
+    models.catch_up()
+    replay = app.invoice("acme", "2026-10")
+    same_invoice(models.invoice(invoice_id("acme", "2026-10")), replay)
+    assert [(i["meter"], i["quantity"], i["amount"])
+            for i in models.usage("acme", "2026-10")["items"]] == [
+        ("active_users", "1", "3.00"), ("peak_gb", "9", "9.00"), ("jobs", "2", "5.00")]

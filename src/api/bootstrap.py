@@ -39,6 +39,6 @@ def build(settings: Settings | None = None, *,
     external = os.environ.get("BILLING_PROJECTION_WORKER", "in-process") == "external"
     read_models = ProjectionService(
         app, ViewStore.for_settings(settings), external_worker=external,
-        batch_size=int(os.environ.get("BILLING_PROJECTION_BATCH", "200")))
+        batch_size=int(os.environ.get("BILLING_PROJECTION_BATCH", "1000")))
     return Services(settings=settings, app=app, read_models=read_models,
                     closers=[read_models.close])

@@ -23,7 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from api.bootstrap import build
-from projections.rebuild import UnknownProjection, base_name
+from projections.errors import UnknownProjection
+from projections.rebuild import base_name
 
 
 class RateColumn(ProgressColumn):
