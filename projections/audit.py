@@ -81,8 +81,8 @@ class AuditProjection(Projection):
     def changes(self, cur: Any, live: Projection) -> list[dict[str, Any]]:
         """Entries whose action, actor or detail differ between the live view and this one."""
         rows = cur.all(
-            f"SELECT COALESCE(o.position, n.position) AS position, o.action, o.actor, o.detail, n.action AS new_action, "
-            f"n.actor AS new_actor, n.detail AS new_detail FROM {live.t('entries')} o "
+            f"SELECT COALESCE(o.position, n.position) AS position, o.action, o.actor, "
+            f"o.detail, n.action AS new_action, n.actor AS new_actor, n.detail AS new_detail FROM {live.t('entries')} o "
             f"FULL OUTER JOIN {self.t('entries')} n ON o.position = n.position "
             f"WHERE o.position IS NULL OR n.position IS NULL OR o.action <> n.action "
             f"OR o.actor <> n.actor OR o.detail <> n.detail")

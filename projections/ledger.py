@@ -9,9 +9,8 @@ usage event of thousands of records costs one row, not thousands.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -21,159 +20,23 @@ from billing_domain.period import BillingPeriod
 from billing_domain.pricing import Charge, parse_charges
 from billing_domain.usage import (
     DIGEST_MODULUS,
-    _part,
     add_record,
     compensate_record,
     digest_text,
-    new_totals,
     tracked_value,
 )
 from projections.base import Projection, dec, dumps, stamp
+from projections.batch import (
+    BILLED,
+    CARRIED,
+    LATE,
+    ZERO,
+    BatchState,
+    add_totals,
+    plan_for,
+    record_hashes,
+)
 from projections.store import Cursor
-
-CARRIED = "carried_forward"
-BILLED, LATE = "billed", "late"
-ZERO = Decimal(0)
-
-
-def totals_from_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {"aggregation": row["aggregation"], "field": row["field"], "sum": dec(row["sum"]),
-            "count": int(row["count"]), "values": json.loads(row["vals"]),
-            "adjustment": dec(row["adjustment"])}
-
-
-def add_totals(into: dict[str, Any], delta: dict[str, Any]) -> None:
-    into["sum"] += delta["sum"]
-    into["count"] += delta["count"]
-    into["adjustment"] += delta["adjustment"]
-    values = into["values"]
-    for value, n in delta["values"].items():
-        left = values.get(value, 0) + n
-        if left > 0:
-            values[value] = left
-        else:
-            values.pop(value, None)
-
-
-def record_hashes(records: list[list[Any]], received_at: str, emitter: str,
-                  key_id: str) -> Iterator[int]:
-    """`usage_item_hash` of each record, with the shared parts joined once (the hot path of a
-    rebuild); the digest-equals-replay tests hold it to the domain's definition."""
-    tail = f"\x1f{received_at}\x1f{emitter}\x1f{key_id}".encode()
-    sha256, from_bytes = hashlib.sha256, int.from_bytes
-    for event_id, submitted, meter, quantity, occurred, properties in records:
-        head = "\x1f".join(("usage", event_id, submitted, meter, quantity, occurred,
-                            _part(properties)))
-        yield from_bytes(sha256(head.encode() + tail).digest(), "big")
-
-
-def plan_for(subscriptions: list[dict[str, Any]], period: str) -> tuple[str, int] | None:
-    """The customer aggregate's rule: the latest subscription starting by the period."""
-    chosen = None
-    for subscription in subscriptions:
-        if subscription["effective_from"] <= period:
-            chosen = subscription
-    return None if chosen is None else (chosen["plan_id"], int(chosen["plan_version"]))
-
-
-class _Batch:
-    """State one batch of events reads and changes, loaded on demand, written at the end."""
-
-    def __init__(self, projection: InvoicesProjection, cur: Cursor) -> None:
-        self.p = projection
-        self.cur = cur
-        self.periods: dict[str, dict[str, Any]] = {}  # period uuid hex -> row
-        self.period_rows: dict[tuple[str, str], dict[str, Any]] = {}
-        self.balances: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-        self.deltas: dict[tuple[str, str, str, int, str], dict[str, Any]] = {}
-        self.received: dict[int, str] = {}
-        self.carried: list[tuple[Any, ...]] = []
-        self.carried_ids: list[tuple[str, str, str]] = []
-        self.compensated: dict[tuple[str, str, str], Decimal] = {}
-        self.touched: set[tuple[str, str]] = set()
-        self.customers: dict[str, dict[str, Any] | None] = {}
-        self.changed_customers: set[str] = set()
-
-    # Loading ------------------------------------------------------------------------------
-
-    def period(self, originator_id: Any) -> dict[str, Any]:
-        key = originator_id.hex
-        if key not in self.periods:
-            row = self.cur.one(f"SELECT * FROM {self.p.t('periods')} WHERE period_uuid = ?",
-                               [key])
-            if row is None:
-                raise LookupError(f"period aggregate {key} has no Opened event in the log")
-            self.periods[key] = row
-        return self.periods[key]
-
-    def balance(self, customer_id: str, period: str) -> dict[str, dict[str, Any]]:
-        key = (customer_id, period)
-        if key not in self.balances:
-            rows = self.cur.all(f"SELECT * FROM {self.p.t('balances')} "
-                                "WHERE customer_id = ? AND period = ?", key)
-            self.balances[key] = {r["meter"]: totals_from_row(r) for r in rows}
-        return self.balances[key]
-
-    def customer(self, customer_id: str) -> dict[str, Any] | None:
-        if customer_id not in self.customers:
-            row = self.cur.one(f"SELECT * FROM {self.p.t('customers')} WHERE customer_id = ?",
-                               [customer_id])
-            if row is not None:
-                row["subscriptions"] = json.loads(row["subscriptions"])
-            self.customers[customer_id] = row
-        return self.customers[customer_id]
-
-    def customer_by_uuid(self, uuid_hex: str) -> dict[str, Any]:
-        for customer in self.customers.values():
-            if customer is not None and customer["uuid"] == uuid_hex:
-                return customer
-        row = self.cur.one(f"SELECT customer_id FROM {self.p.t('customers')} WHERE uuid = ?",
-                           [uuid_hex])
-        if row is None:
-            raise LookupError(f"customer aggregate {uuid_hex} has no Opened event in the log")
-        customer = self.customer(row["customer_id"])
-        assert customer is not None
-        return customer
-
-    def delta(self, customer_id: str, period: str, meter: str, position: int, kind: str,
-              aggregation: str, field: str | None) -> dict[str, Any]:
-        key = (customer_id, period, meter, position, kind)
-        if key not in self.deltas:
-            self.deltas[key] = {**new_totals(aggregation, field), "acc": 0, "items": 0}
-        return self.deltas[key]
-
-    def meter(self, customer_id: str, period: str, meter: str, aggregation: str,
-              field: str | None) -> dict[str, Any]:
-        meters = self.balance(customer_id, period)
-        if meter not in meters:
-            meters[meter] = new_totals(aggregation, field)
-        return meters[meter]
-
-    def compensated_so_far(self, customer_id: str, period: str, event_id: str) -> Decimal:
-        key = (customer_id, period, event_id)
-        if key not in self.compensated:
-            row = self.cur.one(f"SELECT quantity FROM {self.p.t('compensated')} "
-                               "WHERE customer_id = ? AND period = ? AND event_id = ?", key)
-            self.compensated[key] = dec(row["quantity"]) if row else ZERO
-        return self.compensated[key]
-
-    def was_carried(self, customer_id: str, period: str, event_id: str) -> bool:
-        if (customer_id, period, event_id) in self.carried_ids:
-            return True
-        return self.cur.one(f"SELECT 1 AS x FROM {self.p.t('carried_ids')} WHERE "
-                            "customer_id = ? AND period = ? AND event_id = ?",
-                            [customer_id, period, event_id]) is not None
-
-    @staticmethod
-    def accumulate(row: dict[str, Any], value: int, items: int = 1,
-                   delta: dict[str, Any] | None = None) -> None:
-        row["acc"] = format((int(row["acc"], 16) + value) % DIGEST_MODULUS, "x")
-        row["items"] = int(row["items"]) + items
-        row["dirty"] = True
-        if delta is not None:  # as_of reads re-add these to give the digest of that time
-            delta["acc"] = (delta["acc"] + value) % DIGEST_MODULUS
-            delta["items"] += items
-
 
 class InvoicesProjection(Projection):
     name = "invoices"
@@ -240,7 +103,7 @@ class InvoicesProjection(Projection):
     # Applying events ------------------------------------------------------------------------
 
     def apply(self, cur: Cursor, events: Sequence[tuple[int, str, Any]]) -> None:
-        batch = _Batch(self, cur)
+        batch = BatchState(self, cur)
         handlers = {
             "BillingPeriod.Opened": self._on_period_opened,
             "BillingPeriod.UsageRecorded": self._on_usage,
@@ -257,7 +120,7 @@ class InvoicesProjection(Projection):
             handlers[topic](batch, position, event)
         self._write(batch)
 
-    def _on_period_opened(self, b: _Batch, position: int, e: Any) -> None:
+    def _on_period_opened(self, b: BatchState, position: int, e: Any) -> None:
         row = {"period_uuid": e.originator_id.hex, "customer_id": e.customer_id,
                    "period": e.period, "invoice_id": invoice_id(e.customer_id, e.period),
                    "status": "open", "acc": "0", "items": 0, "dirty": True}
@@ -265,13 +128,13 @@ class InvoicesProjection(Projection):
         b.balances.setdefault((e.customer_id, e.period), {})
         b.touched.add((e.customer_id, e.period))
 
-    def _on_customer_opened(self, b: _Batch, position: int, e: Any) -> None:
+    def _on_customer_opened(self, b: BatchState, position: int, e: Any) -> None:
         b.customers[e.customer_id] = {"customer_id": e.customer_id,
                                       "uuid": e.originator_id.hex, "currency": e.currency,
                                       "subscriptions": []}
         b.changed_customers.add(e.customer_id)
 
-    def _on_subscribed(self, b: _Batch, position: int, e: Any) -> None:
+    def _on_subscribed(self, b: BatchState, position: int, e: Any) -> None:
         customer = b.customer_by_uuid(e.originator_id.hex)
         customer_id = customer["customer_id"]
         customer["subscriptions"].append({"plan_id": e.plan_id, "plan_version": e.plan_version,
@@ -285,11 +148,11 @@ class InvoicesProjection(Projection):
             if row["customer_id"] == customer_id and row["period"] >= e.effective_from:
                 b.touched.add((customer_id, row["period"]))
 
-    def _on_plan_published(self, b: _Batch, position: int, e: Any) -> None:
+    def _on_plan_published(self, b: BatchState, position: int, e: Any) -> None:
         b.cur.execute(f"INSERT INTO {self.t('plans')} VALUES (?, ?, ?, ?)",
                       [e.originator_id.hex, e.version, e.currency, dumps(e.charges)])
 
-    def _on_usage(self, b: _Batch, position: int, e: Any) -> None:
+    def _on_usage(self, b: BatchState, position: int, e: Any) -> None:
         row = b.period(e.originator_id)
         customer_id, period = row["customer_id"], row["period"]
         billed = e.treatment != CARRIED
@@ -322,7 +185,7 @@ class InvoicesProjection(Projection):
         if billed:
             b.touched.add((customer_id, period))
 
-    def _on_carried(self, b: _Batch, position: int, e: Any) -> None:
+    def _on_carried(self, b: BatchState, position: int, e: Any) -> None:
         row = b.period(e.originator_id)
         acc = sum(int(source[2], 16) for source in e.sources) % DIGEST_MODULUS
         b.carried.append((row["customer_id"], row["period"], e.from_period, e.meter, position,
@@ -331,7 +194,7 @@ class InvoicesProjection(Projection):
         b.accumulate(row, acc, len(e.sources))
         b.touched.add((row["customer_id"], row["period"]))
 
-    def _on_compensated(self, b: _Batch, position: int, e: Any) -> None:
+    def _on_compensated(self, b: BatchState, position: int, e: Any) -> None:
         row = b.period(e.originator_id)
         customer_id, period = row["customer_id"], row["period"]
         net_before = e.original_quantity - b.compensated_so_far(customer_id, period, e.event_id)
@@ -358,7 +221,7 @@ class InvoicesProjection(Projection):
                 e.reason, e.received_at, e.actor), delta=delta)
             b.touched.add((customer_id, period))
 
-    def _on_adjusted(self, b: _Batch, position: int, e: Any) -> None:
+    def _on_adjusted(self, b: BatchState, position: int, e: Any) -> None:
         row = b.period(e.originator_id)
         customer_id, period = row["customer_id"], row["period"]
         billed = e.treatment != CARRIED
@@ -374,7 +237,7 @@ class InvoicesProjection(Projection):
                 e.actor), delta=delta)
             b.touched.add((customer_id, period))
 
-    def _on_issued(self, b: _Batch, position: int, e: Any) -> None:
+    def _on_issued(self, b: BatchState, position: int, e: Any) -> None:
         row = b.period(e.originator_id)
         row["status"] = "closed"
         row["dirty"] = True
@@ -398,7 +261,7 @@ class InvoicesProjection(Projection):
             f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in columns[2:])}",
             [row[c] for c in columns])
 
-    def _write(self, b: _Batch) -> None:
+    def _write(self, b: BatchState) -> None:
         cur = b.cur
         b.period_rows = {(r["customer_id"], r["period"]): r for r in b.periods.values()}
         for customer_id in b.changed_customers:
@@ -438,7 +301,7 @@ class InvoicesProjection(Projection):
         for customer_id, period in sorted(b.touched):
             self._write_draft(b, customer_id, period)
 
-    def _write_draft(self, b: _Batch, customer_id: str, period: str) -> None:
+    def _write_draft(self, b: BatchState, customer_id: str, period: str) -> None:
         row = b.period_rows.get((customer_id, period))
         if row is None:
             row = b.cur.one(f"SELECT * FROM {self.t('periods')} WHERE customer_id = ? "

@@ -8,7 +8,7 @@ from typing import Any
 
 from billing_domain.application import BillingApplication
 from billing_domain.usage import decimal_text, iso
-from projections.ledger import BILLED, LATE
+from projections.batch import BILLED, LATE
 from projections.reads import InvoiceReads, decode_cursor, encode_cursor
 from projections.runner import topic_name
 from projections.store import Cursor

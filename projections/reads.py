@@ -11,7 +11,8 @@ from billing_domain.invoicing import charge_amount, total_of
 from billing_domain.pricing import Charge
 from billing_domain.usage import DIGEST_MODULUS, decimal_text, digest_text, new_totals
 from projections.errors import InvalidCursor
-from projections.ledger import BILLED, InvoicesProjection, add_totals, plan_for, totals_from_row
+from projections.batch import BILLED, add_totals, plan_for, totals_from_row
+from projections.ledger import InvoicesProjection
 from projections.store import Cursor
 
 
@@ -39,6 +40,9 @@ def invoice_view(row: dict[str, Any]) -> dict[str, Any]:
             "plan_id": row["plan_id"],
             "plan_version": None if row["plan_version"] is None else int(row["plan_version"]),
             "issued_at": row["issued_at"]}
+
+
+Plan = tuple[str, int] | None
 
 
 class InvoiceReads:
@@ -70,7 +74,7 @@ class InvoiceReads:
         return [r for r in rows if as_of is None or r["issued_at"] <= as_of]
 
     def charges_for(self, cur: Cursor, customer: dict[str, Any], period: str,
-                    issued: list[dict[str, Any]]) -> tuple[tuple[Charge, ...], tuple[str, int] | None]:
+                    issued: list[dict[str, Any]]) -> tuple[tuple[Charge, ...], Plan]:
         if issued and issued[-1]["plan_id"]:
             plan = (issued[-1]["plan_id"], int(issued[-1]["plan_version"]))
         else:
