@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from billing_domain.usage import iso
-from projections.base import Projection, dumps
+from projections.base import Projection, dumps, stamp
 
 # topic -> (action, fields kept as detail)
 ACTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -48,24 +48,49 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+# Creation events that only name their aggregate, so later entries can say what they touched.
+NAMING = {"Plan.Created": ("plan", "plan_id"), "BillingPeriod.Opened": ("period", None),
+          "Customer.Opened": ("customer", "customer_id"), "Emitter.Registered": ("emitter", "name")}
+
+
+def subject_name(topic: str, e: Any) -> str:
+    kind, attribute = NAMING[topic]
+    if attribute is None:
+        return f"{kind}:{e.customer_id}/{e.period}"
+    return f"{kind}:{getattr(e, attribute)}"
+
+
 class AuditProjection(Projection):
     name = "audit"
-    topics = frozenset(ACTIONS)
+    topics = frozenset(ACTIONS) | frozenset(NAMING)
 
     def tables(self) -> dict[str, str]:
         return {"entries": "position BIGINT PRIMARY KEY, at TEXT NOT NULL, action TEXT NOT NULL, "
                            "actor TEXT NOT NULL, emitter TEXT NOT NULL, key_id TEXT NOT NULL, "
-                           "subject TEXT, detail TEXT NOT NULL"}
+                           "subject TEXT, detail TEXT NOT NULL",
+                "subjects": "uuid TEXT PRIMARY KEY, subject TEXT NOT NULL"}
 
     def indexes(self) -> list[str]:
         return [f"CREATE INDEX IF NOT EXISTS {self.prefix}_entries_at "
                 f"ON {self.t('entries')} (at, position)"]
 
     def apply(self, cur: Any, events: Sequence[tuple[int, str, Any]]) -> None:
+        named = {e.originator_id.hex: subject_name(topic, e)
+                 for _, topic, e in events if topic in NAMING}
+        cur.executemany(f"INSERT INTO {self.t('subjects')} VALUES (?, ?)", list(named.items()))
+        entries = []
+        for position, topic, e in events:
+            if topic not in ACTIONS:
+                continue
+            uuid = e.originator_id.hex
+            if uuid not in named:
+                row = cur.one(f"SELECT subject FROM {self.t('subjects')} WHERE uuid = ?", [uuid])
+                named[uuid] = row["subject"] if row else None
+            entries.append(self.entry(position, topic, e, named[uuid]))
         cur.executemany(f"INSERT INTO {self.t('entries')} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [self.entry(position, topic, event) for position, topic, event in events])
+                        entries)
 
-    def entry(self, position: int, topic: str, e: Any) -> tuple[Any, ...]:
+    def entry(self, position: int, topic: str, e: Any, subject: str | None) -> tuple[Any, ...]:
         action, fields = ACTIONS[topic]
         detail = {f: _plain(getattr(e, f, None)) for f in fields}
         if topic == "AuditFact.Recorded":
@@ -74,8 +99,7 @@ class AuditProjection(Projection):
         else:
             emitter, _, key_id = str(getattr(e, "actor", "system/-")).partition("/")
             at = getattr(e, "closed_at", None) or getattr(e, "received_at", None) or e.timestamp
-        subject = topic.split(".")[0]
-        return (position, at if isinstance(at, str) else iso(at), action,
+        return (position, stamp(at), action,
                 f"{emitter}/{key_id}", emitter, key_id, subject, dumps(detail))
 
     def changes(self, cur: Any, live: Projection) -> list[dict[str, Any]]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from api.bootstrap import Services, build
+from billing_domain.identity import Principal
 from billing_domain.ids import invoice_id
 from billing_domain.settings import Settings
 from tests.conftest import Clock
@@ -125,6 +127,29 @@ def test_audit_log_names_who_did_what(services: Services, clock: Clock) -> None:
     page = models.audit(limit=3)
     assert len(page["items"]) == 3 and page["next_cursor"]
     assert models.audit(actor="system/-")["items"]
+    closes = [e for e in models.audit(limit=1000)["items"] if e["action"] == "period.closed"]
+    assert {e["subject"] for e in closes} == {"period:acme/2026-10", "period:globex/2026-10"}
+    # Facts without a business time (keys, customers) carry the wall-clock recording time,
+    # which the scenario's hand-moved clock does not govern; compare the dated ones.
+    late = models.audit(since=clock.now)["items"]
+    assert [e["action"] for e in late if (e["subject"] or "").startswith("period:")] == [
+        "period.restated", "usage.compensated"]
+
+
+def test_refusals_and_conflicts_are_in_the_audit_log(services: Services, clock: Clock) -> None:
+    app = services.app
+    customer(app, "acme")
+    app.create_key("emitter", emitter="meter-svc")
+    principal = Principal(emitter="meter-svc", key_id="k1", role="emitter")
+    app.record_usage([usage("e1", 1, at(3))], principal=principal)
+    app.record_usage([usage("e2", 1, at(3))])
+    app.record_usage([usage("e2", 2, at(3))])
+    services.read_models.catch_up()
+    entries = services.read_models.audit(since=clock.now - timedelta(minutes=1))["items"]
+    refused = [e for e in entries if e["action"] == "usage.ingest"]
+    assert refused and refused[0]["actor"] == "meter-svc/k1"
+    assert refused[0]["detail"]["event_id"] == "e1"
+    assert [e["detail"]["event_id"] for e in entries if e["action"] == "usage.conflict"] == ["e2"]
 
 
 SEATS_PLAN = [
