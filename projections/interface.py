@@ -43,3 +43,21 @@ class ReadModels(Protocol):
 
     def catch_up(self) -> int:
         """Process everything recorded so far; return the position reached."""
+
+    def max_position(self) -> int:
+        """The newest position in the event log: what a writer passes to `wait`."""
+
+    def start_rebuild(self, name: str) -> dict[str, Any]:
+        """Start building the next version of `name` (`invoices`, `audit`, or with `_vN`) in
+        the background, switching reads when caught up; {name, version, state, position,
+        target, error}. Raises projections.errors.UnknownProjection."""
+
+    def rebuild_state(self, name: str) -> dict[str, Any] | None:
+        """The state of the last rebuild this process started for `name`, if any."""
+
+    def start_background(self) -> None:
+        """Keep live versions current from a thread of this process (no-op when
+        BILLING_PROJECTION_WORKER=external)."""
+
+    def stop_background(self) -> None:
+        """Stop that thread; `Services.close()` does this."""

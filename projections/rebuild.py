@@ -28,6 +28,7 @@ class Rebuilds:
         name = base_name(name)
         logic = max(REGISTRY[name])
         with self.runner.store.write() as cur:
+            cur.lock_ddl()
             versions = [v for v in self.runner.versions(cur) if v.name == name]
             for stale in versions:
                 if stale.state in ("building", "ready", "retired"):

@@ -70,6 +70,7 @@ class Runner:
     def ensure(self) -> None:
         """Create the tracking table and a live first version of every registered projection."""
         with self.store.write() as cur:
+            cur.lock_ddl()
             cur.execute(f"CREATE TABLE IF NOT EXISTS {TRACKING} (name TEXT NOT NULL, "
                         "version INTEGER NOT NULL, logic INTEGER NOT NULL, state TEXT NOT NULL, "
                         "position BIGINT NOT NULL, PRIMARY KEY (name, version))")

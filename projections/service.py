@@ -156,9 +156,8 @@ class ProjectionService:
             if self._reached(position):
                 return True
             if not self.external_worker and not self.running:
-                self.catch_up()
-                continue_ = self._reached(position)
-                return continue_
+                self.catch_up()  # nobody else keeps the views current: do it now
+                return self._reached(position)
             self._wake.set()
             if time.monotonic() >= deadline:
                 return False

@@ -36,6 +36,12 @@ class Cursor:
         if rows:
             self.raw.executemany(self._sql(sql), rows)
 
+    def lock_ddl(self) -> None:
+        """Serialise table creation between processes starting at once (SQLite's BEGIN
+        IMMEDIATE already does); concurrent CREATE TABLE IF NOT EXISTS can fail on PostgreSQL."""
+        if self.postgres:
+            self.raw.execute("SELECT pg_advisory_xact_lock(hashtext('billing-projections'))")
+
     @property
     def rowcount(self) -> int:
         return int(self.raw.rowcount)
