@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from collections.abc import Iterator, Sequence
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
@@ -143,3 +144,31 @@ def test_as_of_answers_as_known_before_and_after_a_late_event(
         app.invoice("acme", "2026-10")["total"] == "16.75"
     assert draft_later["lineage_digest"] == issued["lineage_digest"]
     assert models.invoice(october, as_of=clock.now)["status"] == "issued"
+
+
+def test_as_of_before_late_usage_shows_no_carried_line(services: Services, clock: Clock) -> None:
+    a_month_of_business(services, clock)
+    models = services.read_models
+    models.catch_up()
+    november = invoice_id("acme", "2026-11")
+    before_late = clock.now - timedelta(minutes=30)
+    kinds_then = [ln["kind"] for ln in models.invoice(november, as_of=before_late)["lines"]]
+    kinds_now = [ln["kind"] for ln in models.invoice(november)["lines"]]
+    assert "carried_forward" not in kinds_then and "carried_forward" in kinds_now
+    assert models.invoice(invoice_id("acme", "2026-10"), as_of=before_late)["status"] == "issued"
+
+
+def test_merged_usage_is_read_on_the_surviving_customer(services: Services) -> None:
+    app, models = services.app, services.read_models
+    customer(app, "acme")
+    customer(app, "acme-eu")
+    app.merge_customer("acme-eu", "acme", at(15, 11))
+    app.record_usage([usage("x1", 10, at(10, 11), customer_id="acme-eu"),
+                      usage("x2", 20, at(16, 11), customer_id="acme-eu"),
+                      usage("x3", 5, at(17, 11))])
+    models.catch_up()
+    for customer_id in ("acme", "acme-eu"):
+        replay = app.invoice(customer_id, "2026-11")
+        assert models.invoice(invoice_id(customer_id, "2026-11"))["lines"] == replay["lines"]
+    records = models.lineage(invoice_id("acme", "2026-11"), 0)["items"]
+    assert [(r["id"], r["customer_id"]) for r in records] == [("x2", "acme-eu"), ("x3", "acme")]
