@@ -39,11 +39,11 @@ ACTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return iso(value)
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, str)):
+    if value is None or isinstance(value, bool | int | str):
         return value
     return str(value)
 
@@ -75,7 +75,7 @@ class AuditProjection(Projection):
                 f"ON {self.t('entries')} (at, position)"]
 
     def apply(self, cur: Any, events: Sequence[tuple[int, str, Any]]) -> None:
-        named = {e.originator_id.hex: subject_name(topic, e)
+        named: dict[str, str | None] = {e.originator_id.hex: subject_name(topic, e)
                  for _, topic, e in events if topic in NAMING}
         cur.executemany(f"INSERT INTO {self.t('subjects')} VALUES (?, ?)", list(named.items()))
         entries = []
@@ -106,7 +106,8 @@ class AuditProjection(Projection):
         """Entries whose action, actor or detail differ between the live view and this one."""
         rows = cur.all(
             f"SELECT COALESCE(o.position, n.position) AS position, o.action, o.actor, "
-            f"o.detail, n.action AS new_action, n.actor AS new_actor, n.detail AS new_detail FROM {live.t('entries')} o "
+            f"o.detail, n.action AS new_action, n.actor AS new_actor, "
+            f"n.detail AS new_detail FROM {live.t('entries')} o "
             f"FULL OUTER JOIN {self.t('entries')} n ON o.position = n.position "
             f"WHERE o.position IS NULL OR n.position IS NULL OR o.action <> n.action "
             f"OR o.actor <> n.actor OR o.detail <> n.detail")

@@ -38,6 +38,7 @@ from projections.batch import (
 )
 from projections.store import Cursor
 
+
 class InvoicesProjection(Projection):
     name = "invoices"
     topics = frozenset({

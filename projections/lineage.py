@@ -62,7 +62,7 @@ class LineageReads:
             return None
         wanted = lines[line]
         upto = int(row["position"]) or None
-        after = decode_cursor(cursor) or [0, 0]
+        after = decode_cursor(cursor, int, int) or [0, 0]
         if wanted["kind"] == "usage":
             items = self._usage(cur, row["customer_id"], row["period"], wanted["meter"], upto,
                                 int(after[0]), int(after[1]), limit + 1)

@@ -10,8 +10,8 @@ from typing import Any
 from billing_domain.invoicing import charge_amount, total_of
 from billing_domain.pricing import Charge
 from billing_domain.usage import DIGEST_MODULUS, decimal_text, digest_text, new_totals
-from projections.errors import InvalidCursor
 from projections.batch import BILLED, add_totals, plan_for, totals_from_row
+from projections.errors import InvalidCursor
 from projections.ledger import InvoicesProjection
 from projections.store import Cursor
 
@@ -20,14 +20,16 @@ def encode_cursor(*parts: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode()
 
 
-def decode_cursor(cursor: str | None) -> list[Any] | None:
+def decode_cursor(cursor: str | None, *kinds: type) -> list[Any] | None:
+    """The parts of a cursor this service gave out, checked against their expected types."""
     if not cursor:
         return None
     try:
         parts = json.loads(base64.urlsafe_b64decode(cursor.encode()))
     except (ValueError, TypeError):
-        raise InvalidCursor("cursor is not one this service gave out") from None
-    if not isinstance(parts, list):
+        parts = None
+    if not isinstance(parts, list) or len(parts) != len(kinds) or not all(
+            type(part) is kind for part, kind in zip(parts, kinds, strict=True)):
         raise InvalidCursor("cursor is not one this service gave out")
     return parts
 
@@ -75,6 +77,7 @@ class InvoiceReads:
 
     def charges_for(self, cur: Cursor, customer: dict[str, Any], period: str,
                     issued: list[dict[str, Any]]) -> tuple[tuple[Charge, ...], Plan]:
+        plan: Plan
         if issued and issued[-1]["plan_id"]:
             plan = (issued[-1]["plan_id"], int(issued[-1]["plan_version"]))
         else:
@@ -157,18 +160,18 @@ class InvoiceReads:
 
     def invoices(self, cur: Cursor, customer_id: str | None, period: str | None,
                  cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
-        where, params = ["1 = 1"], []
+        where, params = ["1 = 1"], list[Any]()
         if customer_id is not None:
             where.append("customer_id = ?")
             params.append(customer_id)
         if period is not None:
             where.append("period = ?")
             params.append(period)
-        after = decode_cursor(cursor)
+        after = decode_cursor(cursor, str, str, int)
         if after is not None:
             where.append("(customer_id > ? OR (customer_id = ? AND (period > ? OR "
                          "(period = ? AND revision > ?))))")
-            params += [after[0], after[0], after[1], after[1], int(after[2])]
+            params += [after[0], after[0], after[1], after[1], after[2]]
         rows = cur.all(f"SELECT invoice_id, customer_id, period, revision, status, total, "
                        f"currency, issued_at FROM {self.t('invoices')} "
                        f"WHERE {' AND '.join(where)} ORDER BY customer_id, period, revision "

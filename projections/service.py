@@ -76,8 +76,8 @@ class ProjectionService:
         with self.store.read() as cur:
             items, next_cursor = reads.invoices(cur, customer_id, period, cursor, limit)
             if as_of is not None:
-                items = [self._as_of_item(reads, cur, item, _at(as_of)) for item in items]
-                items = [item for item in items if item is not None]
+                known = [self._as_of_item(reads, cur, item, _at(as_of)) for item in items]
+                items = [item for item in known if item is not None]
         return {"items": items, "next_cursor": next_cursor, **self._meta(version)}
 
     @staticmethod
@@ -113,7 +113,7 @@ class ProjectionService:
         version = self._live("audit")
         projection = self.runner.projection(version)
         assert isinstance(projection, AuditProjection)
-        where, params = ["1 = 1"], []
+        where, params = ["1 = 1"], list[Any]()
         if since is not None:
             where.append("at >= ?")
             params.append(stamp(since))
@@ -123,10 +123,10 @@ class ProjectionService:
         if actor is not None:
             where.append("(actor = ? OR emitter = ?)")
             params += [actor, actor]
-        after = decode_cursor(cursor)
+        after = decode_cursor(cursor, int)
         if after is not None:
             where.append("position > ?")
-            params.append(int(after[0]))
+            params.append(after[0])
         with self.store.read() as cur:
             rows = cur.all(f"SELECT * FROM {projection.t('entries')} WHERE "
                            f"{' AND '.join(where)} ORDER BY position LIMIT ?", [*params, limit + 1])
@@ -194,7 +194,7 @@ class ProjectionService:
                                               if v.state == "live"), default=0):
                     self.catch_up()
                 self.last_error = None
-            except Exception as error:  # noqa: BLE001 - a worker must outlive one bad batch
+            except Exception as error:
                 self.last_error = f"{type(error).__name__}: {error}"
                 log.exception("projection catch-up failed; retrying")
                 self._stop.wait(1.0)
@@ -234,7 +234,7 @@ class ProjectionService:
             self.rebuilds.build(version, progress=progress, should_stop=self._stop.is_set)
             self.rebuilds.switch(version)
             state["state"] = "live"
-        except Exception as error:  # noqa: BLE001 - reported through the state, and logged
+        except Exception as error:
             log.exception("rebuild of %s failed", state["name"])
             state["state"] = "failed"
             state["error"] = f"{type(error).__name__}: {error}"

@@ -13,6 +13,7 @@ from api.bootstrap import Services, build
 from billing_domain.identity import Principal
 from billing_domain.ids import invoice_id
 from billing_domain.settings import Settings
+from projections.errors import InvalidCursor
 from tests.conftest import Clock
 from tests.scenario import at, customer, usage
 
@@ -90,6 +91,9 @@ def test_invoices_list_revisions_and_statuses(services: Services, clock: Clock) 
     assert len(page["items"]) + len(rest["items"]) == len(models.invoices()["items"]) == 4
     assert rest["next_cursor"] is None
     assert models.invoice("inv_unknown") is None
+    for forged in ("not-base64!", page["next_cursor"][:-4], "WzEsMl0="):
+        with pytest.raises(InvalidCursor):
+            models.invoices(cursor=forged)
 
 
 def test_lineage_names_every_source_record(services: Services, clock: Clock) -> None:

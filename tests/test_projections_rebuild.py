@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -55,10 +56,8 @@ def run(once: bool) -> None:
             return
         signal.signal(signal.SIGTERM, lambda *_: models.stop_background())
         console.print("projection worker following the log; Ctrl-C to stop")
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             models.run_forever()
-        except KeyboardInterrupt:
-            pass
     finally:
         services.close()
 
