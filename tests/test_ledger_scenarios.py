@@ -245,7 +245,8 @@ def test_closing_twice_is_a_no_op_and_future_periods_cannot_close(app):
 def test_an_emitter_ingests_only_within_its_grants(app, clock):
     customer(app)
     customer(app, "globex")
-    _, key = app.create_key("emitter", "checkout-service")
+    app.register_emitter("checkout-service", "Checkout service")
+    _, key = app.create_key("emitter", "checkout prod key", "checkout-service")
     app.grant("checkout-service", "acme", ["api_calls"])
     principal = app.authenticate(key)
     results = app.record_usage([usage("ok", 1, at(5)),
@@ -262,10 +263,41 @@ def test_an_emitter_ingests_only_within_its_grants(app, clock):
 
 
 def test_a_revoked_key_authenticates_nothing(app):
-    key_id, key = app.create_key("finance")
+    key_id, key = app.create_key("finance", "finance team laptop")
     assert app.authenticate(key).role == "finance"
     app.revoke_key(key_id)
     with pytest.raises(errors.NotAuthenticated):
         app.authenticate(key)
     with pytest.raises(errors.NotAuthenticated):
         app.authenticate(key[:-1] + ("A" if key[-1] != "A" else "B"))
+
+
+def test_a_grant_is_bounded_by_its_window_and_can_be_withdrawn(app, clock):
+    customer(app)
+    app.register_emitter("batch-job", "Nightly batch job")
+    _, key = app.create_key("emitter", "batch key", "batch-job")
+    grant = app.grant("batch-job", "*", ["*"], valid_from=at(1, month=11),
+                      valid_until=at(25, month=11))
+    assert app.record_usage([usage("in", 1, at(5))], app.authenticate(key))[0].status == \
+        "accepted"
+    clock.advance(days=2)  # past valid_until
+    assert app.record_usage([usage("late", 1, at(5))], app.authenticate(key))[0].status == \
+        "rejected"
+    clock.advance(days=-2)
+    app.revoke_grant("batch-job", grant["grant_id"])
+    refused = app.record_usage([usage("gone", 1, at(5))], app.authenticate(key))[0]
+    assert (refused.status, refused.code) == ("rejected", "not_authorised")
+
+
+def test_keys_are_checked_against_their_emitter(app):
+    with pytest.raises(errors.InvalidInput) as refused:
+        app.create_key("emitter", "no emitter")
+    assert refused.value.field == "emitter_id"
+    with pytest.raises(errors.UnknownEmitter):
+        app.create_key("emitter", "ghost", "ghost-service")
+    with pytest.raises(errors.InvalidInput) as refused:
+        app.create_key("superuser", "x")
+    assert refused.value.field == "role"
+    app.register_emitter("svc", "Service")
+    with pytest.raises(errors.EmitterExists):
+        app.register_emitter("svc", "Service again")

@@ -23,11 +23,13 @@ from billing_domain.errors import (
     CompensationExceedsUsage,
     CustomerExists,
     CustomerMerged,
+    EmitterExists,
     IdempotencyConflict,
     InvalidInput,
     NegativeQuantity,
     NotAuthenticated,
     NotAuthorised,
+    NotFound,
     OccurredBeforeHorizon,
     OccurredInFuture,
     PeriodNotEnded,
@@ -44,7 +46,8 @@ from billing_domain.identity import (
     SYSTEM,
     AuditFact,
     Emitter,
-    KeyRef,
+    Grant,
+    Key,
     Principal,
     hash_secret,
     secrets_match,
@@ -675,45 +678,51 @@ class BillingApplication(Application[UUID]):
 
     # Identities and keys -----------------------------------------------------------------
 
-    def create_key(self, role: str, emitter: str | None = None,
+    def register_emitter(self, emitter_id: str, name: str,
+                         principal: Principal = SYSTEM) -> Emitter:
+        """Register a non-human identity that sends usage."""
+        check_identifier(emitter_id, "emitter_id")
+        check_identifier(name, "name")
+        if self._find(emitter_uuid(emitter_id), Emitter) is not None:
+            raise EmitterExists(f"emitter {emitter_id!r} already exists")
+        emitter = Emitter(emitter_id=emitter_id, name=name, actor=principal.actor)
+        try:
+            self.save(emitter)
+        except IntegrityError:
+            raise EmitterExists(f"emitter {emitter_id!r} already exists") from None
+        return emitter
+
+    def create_key(self, role: str, name: str, emitter_id: str | None = None,
                    principal: Principal = SYSTEM) -> tuple[str, str]:
         """Issue a key; returns (key_id, key). The key is shown once and stored hashed."""
         if role not in ROLES:
             raise InvalidInput(f"must be one of {', '.join(ROLES)}", field="role")
+        check_identifier(name, "name")
+        if role == "emitter":
+            if not emitter_id:
+                raise InvalidInput("an emitter key names its emitter", field="emitter_id")
+            if self._find(emitter_uuid(emitter_id), Emitter) is None:
+                raise UnknownEmitter(f"no emitter {emitter_id!r}", field="emitter_id")
+        elif emitter_id is not None:
+            raise InvalidInput("only emitter keys belong to an emitter", field="emitter_id")
         key_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
-        name = emitter or f"{role}-{key_id}"
-        check_identifier(name, "emitter")
-
-        def attempt() -> tuple[str, str]:
-            holder = self._find(emitter_uuid(name), Emitter)
-            if holder is None:
-                holder = Emitter(name=name, role=role, actor=principal.actor)
-            elif holder.role != role:
-                raise InvalidInput(f"emitter {name!r} has role {holder.role!r}", field="role")
-            holder.issue_key(key_id, hash_secret(secret), principal.actor)
-            self.save(holder, KeyRef(key_id=key_id, emitter=name))
-            return key_id, f"bk_{key_id}_{secret}"
-
-        return self._retry(attempt)  # type: ignore[no-any-return]
-
-    def _key_holder(self, key_id: str) -> Emitter:
-        ref = self._find(key_uuid(key_id), KeyRef)
-        if ref is None:
-            raise UnknownKey(f"no key {key_id!r}")
-        holder = self._find(emitter_uuid(ref.emitter), Emitter)
-        assert holder is not None
-        return holder
+        self.save(Key(key_id=key_id, key_hash=hash_secret(secret), role=role, name=name,
+                      emitter_id=emitter_id, actor=principal.actor))
+        return key_id, f"bk_{key_id}_{secret}"
 
     def revoke_key(self, key_id: str, principal: Principal = SYSTEM) -> dict[str, Any]:
         """Revoke a key at once; it authenticates nothing afterwards."""
 
         def attempt() -> dict[str, Any]:
-            holder = self._key_holder(key_id)
-            if not holder.keys[key_id]["revoked"]:
-                holder.revoke_key(key_id, principal.actor)
-                self.save(holder)
-            return {"key_id": key_id, "emitter": holder.name, "revoked": True}
+            key = self._find(key_uuid(key_id), Key) if re.fullmatch(r"[0-9a-f]{16}",
+                                                                   key_id) else None
+            if key is None:
+                raise UnknownKey(f"no key {key_id!r}")
+            if not key.revoked:
+                key.revoke(principal.actor)
+                self.save(key)
+            return {"key_id": key_id, "role": key.role, "name": key.name, "revoked": True}
 
         return self._retry(attempt)  # type: ignore[no-any-return]
 
@@ -725,18 +734,18 @@ class BillingApplication(Application[UUID]):
         parts = token.split("_", 2)
         if len(parts) != 3 or parts[0] != "bk" or not re.fullmatch(r"[0-9a-f]{16}", parts[1]):
             raise NotAuthenticated("malformed key")
-        try:
-            holder = self._key_holder(parts[1])
-        except UnknownKey:
-            raise NotAuthenticated("unknown key") from None
-        key = holder.keys.get(parts[1])
-        if key is None or not secrets_match(parts[2], key["hash"]):
+        key = self._find(key_uuid(parts[1]), Key)
+        if key is None or not secrets_match(parts[2], key.key_hash):
             raise NotAuthenticated("unknown key")
-        if key["revoked"]:
+        if key.revoked:
             raise NotAuthenticated("revoked key")
-        return holder.principal(parts[1])
+        grants: tuple[Grant, ...] = ()
+        if key.emitter_id is not None:
+            emitter = self._find(emitter_uuid(key.emitter_id), Emitter)
+            grants = emitter.active_grants() if emitter is not None else ()
+        return Principal(key.holder, key.key_id, key.role, grants)
 
-    def grant(self, emitter: str, customer_id: str, meters: list[str],
+    def grant(self, emitter_id: str, customer_id: str, meters: list[str],
               valid_from: datetime | None = None, valid_until: datetime | None = None,
               principal: Principal = SYSTEM) -> dict[str, Any]:
         """Allow an emitter to ingest for a customer (or '*') and meters within a window."""
@@ -752,31 +761,33 @@ class BillingApplication(Application[UUID]):
         grant_id = f"g_{secrets.token_hex(6)}"
 
         def attempt() -> dict[str, Any]:
-            holder = self._find(emitter_uuid(emitter), Emitter)
+            holder = self._find(emitter_uuid(emitter_id), Emitter)
             if holder is None:
-                raise UnknownEmitter(f"no emitter {emitter!r}")
+                raise UnknownEmitter(f"no emitter {emitter_id!r}")
             holder.grant(grant_id, customer_id, list(meters), valid_from, valid_until,
                          principal.actor)
             self.save(holder)
-            return {"grant_id": grant_id, "emitter": emitter, "customer_id": customer_id,
+            return {"grant_id": grant_id, "emitter_id": emitter_id, "customer_id": customer_id,
                     "meters": list(meters),
                     "valid_from": iso(valid_from) if valid_from else None,
                     "valid_until": iso(valid_until) if valid_until else None}
 
         return self._retry(attempt)  # type: ignore[no-any-return]
 
-    def revoke_grant(self, emitter: str, grant_id: str,
+    def revoke_grant(self, emitter_id: str, grant_id: str,
                      principal: Principal = SYSTEM) -> dict[str, Any]:
+        """Withdraw a grant at once."""
+
         def attempt() -> dict[str, Any]:
-            holder = self._find(emitter_uuid(emitter), Emitter)
+            holder = self._find(emitter_uuid(emitter_id), Emitter)
             if holder is None:
-                raise UnknownEmitter(f"no emitter {emitter!r}")
+                raise UnknownEmitter(f"no emitter {emitter_id!r}")
             if grant_id not in holder.grants:
-                raise InvalidInput(f"emitter {emitter!r} has no grant {grant_id!r}",
-                                   field="grant_id")
+                raise NotFound(f"emitter {emitter_id!r} has no grant {grant_id!r}",
+                               field="grant_id")
             holder.revoke_grant(grant_id, principal.actor)
             self.save(holder)
-            return {"grant_id": grant_id, "emitter": emitter, "revoked": True}
+            return {"grant_id": grant_id, "emitter_id": emitter_id, "revoked": True}
 
         return self._retry(attempt)  # type: ignore[no-any-return]
 

@@ -93,6 +93,11 @@ class CustomerExists(Conflict):
     field = "customer_id"
 
 
+class EmitterExists(Conflict):
+    code = "emitter_exists"
+    field = "emitter_id"
+
+
 class IdempotencyConflict(Conflict):
     """The same idempotency key came back with a different payload; the first stands."""
 

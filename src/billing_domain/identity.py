@@ -56,30 +56,32 @@ class Principal:
         return f"{self.emitter}/{self.key_id}"
 
     def may_ingest(self, customer_id: str, meter: str, at: datetime) -> bool:
-        if self.role != "emitter":
-            return self.role in ("admin", "operator")
-        return any(g.allows(customer_id, meter, at) for g in self.grants)
+        if self.role == "admin":
+            return True
+        return self.role == "emitter" and any(g.allows(customer_id, meter, at)
+                                              for g in self.grants)
 
 
 SYSTEM = Principal(emitter="system", key_id="-", role="admin")
 
 
 class Emitter(Aggregate):
+    """A service that sends usage; its grants say for which customers and meters."""
+
     class Registered(Aggregate.Created):
+        emitter_id: str
         name: str
-        role: str
         actor: str
 
     @staticmethod
-    def create_id(name: str, **_: Any) -> UUID:
-        return emitter_uuid(name)
+    def create_id(emitter_id: str, **_: Any) -> UUID:
+        return emitter_uuid(emitter_id)
 
     @event(Registered)
-    def __init__(self, name: str, role: str, actor: str) -> None:
+    def __init__(self, emitter_id: str, name: str, actor: str) -> None:
+        self.emitter_id = emitter_id
         self.name = name
-        self.role = role
         self.grants: dict[str, dict[str, Any]] = {}
-        self.keys: dict[str, dict[str, Any]] = {}
 
     @event("Granted")
     def grant(self, grant_id: str, customer_id: str, meters: list[str],
@@ -91,39 +93,45 @@ class Emitter(Aggregate):
     def revoke_grant(self, grant_id: str, actor: str) -> None:
         self.grants.pop(grant_id, None)
 
-    @event("KeyIssued")
-    def issue_key(self, key_id: str, key_hash: str, actor: str) -> None:
-        self.keys[key_id] = {"hash": key_hash, "revoked": False}
-
-    @event("KeyRevoked")
-    def revoke_key(self, key_id: str, actor: str) -> None:
-        self.keys[key_id]["revoked"] = True
-
     def active_grants(self) -> tuple[Grant, ...]:
         return tuple(
             Grant(gid, g["customer_id"], tuple(g["meters"]), g["valid_from"], g["valid_until"])
             for gid, g in sorted(self.grants.items())
         )
 
-    def principal(self, key_id: str) -> Principal:
-        return Principal(self.name, key_id, self.role, self.active_grants())
 
+class Key(Aggregate):
+    """An API key: its role, its holder, and only the hash of its secret."""
 
-class KeyRef(Aggregate):
-    """Maps a key id to the emitter holding it; its id makes key ids unique in the store."""
-
-    class Created(Aggregate.Created):
+    class Issued(Aggregate.Created):
         key_id: str
-        emitter: str
+        key_hash: str
+        role: str
+        name: str
+        emitter_id: str | None
+        actor: str
 
     @staticmethod
     def create_id(key_id: str, **_: Any) -> UUID:
         return key_uuid(key_id)
 
-    @event(Created)
-    def __init__(self, key_id: str, emitter: str) -> None:
+    @event(Issued)
+    def __init__(self, key_id: str, key_hash: str, role: str, name: str,
+                 emitter_id: str | None, actor: str) -> None:
         self.key_id = key_id
-        self.emitter = emitter
+        self.key_hash = key_hash
+        self.role = role
+        self.name = name
+        self.emitter_id = emitter_id
+        self.revoked = False
+
+    @event("Revoked")
+    def revoke(self, actor: str) -> None:
+        self.revoked = True
+
+    @property
+    def holder(self) -> str:
+        return self.emitter_id or self.name
 
 
 class AuditFact(Aggregate):
