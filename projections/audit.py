@@ -19,12 +19,12 @@ ACTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
                                                      "effective_from")),
     "Customer.Merged": ("customer.merged", ("into", "effective_at")),
     "Plan.VersionPublished": ("plan.published", ("version", "currency")),
-    "Emitter.Registered": ("emitter.registered", ("name", "role")),
+    "Emitter.Registered": ("emitter.registered", ("emitter_id", "name")),
     "Emitter.Granted": ("grant.created", ("grant_id", "customer_id", "meters", "valid_from",
                                           "valid_until")),
     "Emitter.GrantRevoked": ("grant.revoked", ("grant_id",)),
-    "Emitter.KeyIssued": ("key.created", ("key_id",)),
-    "Emitter.KeyRevoked": ("key.revoked", ("key_id",)),
+    "Key.Issued": ("key.created", ("key_id", "role", "name", "emitter_id")),
+    "Key.Revoked": ("key.revoked", ()),
     "BillingPeriod.UsageCompensated": ("usage.compensated", (
         "compensation_id", "event_id", "submitted_customer_id", "meter", "quantity", "reason",
         "treatment")),
@@ -50,7 +50,8 @@ def _plain(value: Any) -> Any:
 
 # Creation events that only name their aggregate, so later entries can say what they touched.
 NAMING = {"Plan.Created": ("plan", "plan_id"), "BillingPeriod.Opened": ("period", None),
-          "Customer.Opened": ("customer", "customer_id"), "Emitter.Registered": ("emitter", "name")}
+          "Customer.Opened": ("customer", "customer_id"), "Emitter.Registered": ("emitter", "emitter_id"),
+          "Key.Issued": ("key", "key_id")}
 
 
 def subject_name(topic: str, e: Any) -> str:

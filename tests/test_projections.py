@@ -119,7 +119,7 @@ def test_lineage_names_every_source_record(services: Services, clock: Clock) -> 
 
 def test_audit_log_names_who_did_what(services: Services, clock: Clock) -> None:
     a_month_of_business(services, clock)
-    key_id, _ = services.app.create_key("finance")
+    key_id, _ = services.app.create_key("finance", "finance laptop")
     services.app.revoke_key(key_id)
     models = services.read_models
     models.catch_up()
@@ -143,7 +143,8 @@ def test_audit_log_names_who_did_what(services: Services, clock: Clock) -> None:
 def test_refusals_and_conflicts_are_in_the_audit_log(services: Services, clock: Clock) -> None:
     app = services.app
     customer(app, "acme")
-    app.create_key("emitter", emitter="meter-svc")
+    app.register_emitter("meter-svc", "Meter service")
+    app.create_key("emitter", "meter key", "meter-svc")
     principal = Principal(emitter="meter-svc", key_id="k1", role="emitter")
     app.record_usage([usage("e1", 1, at(3))], principal=principal)
     app.record_usage([usage("e2", 1, at(3))])
