@@ -1,7 +1,277 @@
-"""Placeholder until this command family lands."""
+"""`billing serve`, keys, emitters, grants, closing periods and the demo data set."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from api.bootstrap import Services, build
+from billing_domain.errors import BillingError
+from billing_domain.usage import UsageInput, next_period, period_of
+
+console = Console()
+
+
+def _fail(error: BillingError) -> None:
+    where = f"{error.field}: " if error.field else ""
+    raise click.ClickException(f"{where}{error.reason}")
+
+
+def _services() -> Services:
+    return build()
+
+
+def _when(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise click.BadParameter("needs a UTC offset, e.g. 2026-11-01T00:00:00Z")
+    return moment
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Run the HTTP API (BILLING_DATABASE_URL, BILLING_ADMIN_KEY)."""
+    import uvicorn
+
+    from api.http.app import create_app
+
+    services = _services()
+    console.print(f"billing on http://{host}:{port}  (OpenAPI: /schema, store: "
+                  f"{'PostgreSQL' if services.settings.is_postgres else 'SQLite'})")
+    try:
+        uvicorn.run(create_app(services), host=host, port=port, log_level="warning")
+    finally:
+        services.close()
+
+
+@click.group()
+def keys() -> None:
+    """Create and revoke API keys."""
+
+
+@keys.command("create")
+@click.option("--role", required=True, type=click.Choice(["admin", "operator", "finance",
+                                                         "emitter"]))
+@click.option("--name", required=True, help="what the key is for, e.g. 'finance laptop'")
+@click.option("--emitter-id", default=None, help="the emitter an emitter key belongs to")
+def create_key(role: str, name: str, emitter_id: str | None) -> None:
+    """Create a key and print it once; only its hash is stored."""
+    services = _services()
+    try:
+        key_id, key = services.app.create_key(role, name, emitter_id)
+    except BillingError as error:
+        _fail(error)
+    finally:
+        services.close()
+    click.echo(f"key_id: {key_id}")
+    click.echo(f"key:    {key}")
+    click.echo("Store the key now: it is not shown again.", err=True)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def revoke_key(key_id: str) -> None:
+    """Revoke a key at once."""
+    services = _services()
+    try:
+        services.app.revoke_key(key_id)
+    except BillingError as error:
+        _fail(error)
+    finally:
+        services.close()
+    click.echo(f"revoked {key_id}")
+
+
+@click.group()
+def emitters() -> None:
+    """Register emitters (services that send usage)."""
+
+
+@emitters.command("create")
+@click.argument("emitter_id")
+@click.option("--name", required=True)
+def create_emitter(emitter_id: str, name: str) -> None:
+    """Register an emitter."""
+    services = _services()
+    try:
+        services.app.register_emitter(emitter_id, name)
+    except BillingError as error:
+        _fail(error)
+    finally:
+        services.close()
+    click.echo(f"emitter {emitter_id} registered")
+
+
+@click.group()
+def grants() -> None:
+    """Say for which customers and meters an emitter may send usage."""
+
+
+@grants.command("add")
+@click.argument("emitter_id")
+@click.option("--customer", "customer_id", required=True, help="a customer id, or '*'")
+@click.option("--meter", "meters", multiple=True, required=True, help="repeatable; '*' = all")
+@click.option("--valid-from", default=None)
+@click.option("--valid-until", default=None)
+def add_grant(emitter_id: str, customer_id: str, meters: tuple[str, ...],
+              valid_from: str | None, valid_until: str | None) -> None:
+    """Grant an emitter a customer and meters within an optional window."""
+    services = _services()
+    try:
+        grant = services.app.grant(emitter_id, customer_id, list(meters), _when(valid_from),
+                                   _when(valid_until))
+    except BillingError as error:
+        _fail(error)
+    finally:
+        services.close()
+    click.echo(json.dumps(grant))
+
+
+@grants.command("revoke")
+@click.argument("emitter_id")
+@click.argument("grant_id")
+def revoke_grant(emitter_id: str, grant_id: str) -> None:
+    """Withdraw a grant at once."""
+    services = _services()
+    try:
+        services.app.revoke_grant(emitter_id, grant_id)
+    except BillingError as error:
+        _fail(error)
+    finally:
+        services.close()
+    click.echo(f"revoked {grant_id}")
+
+
+@click.command("close-periods")
+@click.option("--before", default=None, help="close periods before this YYYY-MM "
+                                             "(default: the current month)")
+@click.option("--customer", "customers", multiple=True, help="only these customers")
+def close_periods(before: str | None, customers: tuple[str, ...]) -> None:
+    """Close every ended period that is still open and issue its invoice."""
+    services = _services()
+    try:
+        ids = list(customers) or services.app.customer_ids()
+        limit = before or period_of(services.app.clock())
+        issued: list[dict[str, Any]] = []
+        with _progress() as progress:
+            task = progress.add_task("closing", total=len(ids))
+            for customer_id in ids:
+                issued += services.app.close_periods([customer_id], limit)
+                progress.advance(task)
+    except BillingError as error:
+        _fail(error)
+    finally:
+        services.close()
+    table = Table("invoice", "customer", "period", "revision", "total")
+    for invoice in issued:
+        table.add_row(invoice["invoice_id"], invoice["customer_id"], invoice["period"],
+                      str(invoice["revision"]), f"{invoice['total']} {invoice['currency']}")
+    console.print(table)
+    console.print(f"{len(issued)} invoice(s) issued")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+                    console=console)
+
+
+DEMO_PLANS: dict[str, list[dict[str, Any]]] = {
+    "starter": [
+        {"meter": "api_calls", "aggregation": "sum", "model": "graduated",
+         "tiers": [{"up_to": 10000, "unit_amount": "0.002"},
+                   {"up_to": 100000, "unit_amount": "0.0015", "flat_amount": "5"},
+                   {"up_to": None, "unit_amount": "0.001", "flat_amount": "20"}]},
+        {"meter": "sms", "aggregation": "count", "model": "package",
+         "package_size": 100, "package_amount": "4.50", "included_quantity": "50"},
+    ],
+    "scale": [
+        {"meter": "api_calls", "aggregation": "sum", "model": "volume",
+         "tiers": [{"up_to": 50000, "unit_amount": "0.0012"},
+                   {"up_to": None, "unit_amount": "0.0008", "flat_amount": "10"}]},
+        {"meter": "storage_gb", "aggregation": "max", "model": "per_unit",
+         "unit_amount": "0.25", "included_quantity": "10"},
+        {"meter": "active_users", "aggregation": "unique_count", "field": "user",
+         "model": "per_unit", "unit_amount": "1.00"},
+    ],
+}
+DEMO_CUSTOMERS = [("acme", "Acme Corp", "starter"), ("globex", "Globex Inc", "scale"),
+                  ("initech", "Initech", "starter")]
+
+
+@click.command()
+@click.option("--events", default=20000, show_default=True, help="usage events to load")
+def demo(events: int) -> None:
+    """Load a realistic sample: customers, plans, two months of usage, one closed month."""
+    services = _services()
+    app = services.app
+    now = app.clock()
+    this_month = period_of(now)
+    last_month = period_of(datetime.fromisoformat(this_month + "-01T00:00:00+00:00")
+                           - timedelta(days=1))
+    rng = random.Random(7)
+    try:
+        for plan_id, charges in DEMO_PLANS.items():
+            app.publish_plan(plan_id, "USD", charges)
+        for customer_id, name, plan in DEMO_CUSTOMERS:
+            if customer_id not in app.customer_ids():
+                app.open_customer(customer_id, name)
+            app.subscribe(customer_id, plan, last_month)
+        start = datetime.fromisoformat(last_month + "-01T00:00:00+00:00")
+        span = (now - start).total_seconds() - 600
+        batch: list[UsageInput] = []
+        with _progress() as progress:
+            task = progress.add_task("loading usage", total=events)
+            for i in range(events):
+                customer_id, _, plan = DEMO_CUSTOMERS[i % len(DEMO_CUSTOMERS)]
+                meter = rng.choice([c["meter"] for c in DEMO_PLANS[plan]])
+                quantity = {"api_calls": Decimal(rng.randint(1, 40)),
+                            "storage_gb": Decimal(rng.randint(5, 120)),
+                            }.get(meter, Decimal(1))
+                batch.append(UsageInput(
+                    f"demo-{i}", customer_id, meter, quantity,
+                    start + timedelta(seconds=rng.uniform(0, span)),
+                    {"user": f"user-{rng.randint(1, 60)}"} if meter == "active_users" else {}))
+                if len(batch) == 1000:
+                    app.record_usage(batch)
+                    progress.advance(task, len(batch))
+                    batch = []
+            if batch:
+                app.record_usage(batch)
+                progress.advance(task, len(batch))
+        for customer_id, _, _ in DEMO_CUSTOMERS:
+            app.close_period(customer_id, last_month)
+        services.read_models.catch_up()
+        table = Table("customer", "period", "status", "total", "invoice")
+        for customer_id, _, _ in DEMO_CUSTOMERS:
+            for period in (last_month, next_period(last_month)):
+                listed = services.read_models.invoices(customer_id=customer_id, period=period)
+                for invoice in listed["items"]:
+                    table.add_row(customer_id, period, invoice["status"],
+                                  f"{invoice['total']} {invoice['currency']}",
+                                  invoice["invoice_id"])
+    except BillingError as error:
+        _fail(error)
+    finally:
+        services.close()
+    console.print(table)
+    console.print(f"Loaded {events:,} events; {last_month} is closed and invoiced, "
+                  f"{this_month} is a draft. Start `billing serve` and read /v1/invoices.")
 
 
 def register(group: click.Group) -> None:
-    """Add this family's commands to the `billing` group."""
+    """Add serve, keys, emitters, grants, close-periods and demo to `billing`."""
+    for command in (serve, keys, emitters, grants, close_periods, demo):
+        group.add_command(command)

@@ -80,6 +80,21 @@ def check_period(text: str, field: str = "period") -> str:
     return text
 
 
+def period_start(value: str, field: str) -> str:
+    """A period named YYYY-MM, or given by its first instant in RFC 3339 (UTC midnight)."""
+    if isinstance(value, str) and _PERIOD.match(value):
+        return value
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        raise InvalidInput("must be a period start: YYYY-MM or the month's first instant "
+                           "in RFC 3339", field=field) from None
+    if moment.tzinfo is None or period_bounds(period_of(moment))[0] != moment:
+        raise InvalidInput("must be the first instant of a month in UTC "
+                           "(e.g. 2026-11-01T00:00:00Z)", field=field)
+    return period_of(moment)
+
+
 def check_identifier(value: Any, field: str, *, max_length: int = 200) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput("must be a non-empty string", field=field)
@@ -283,7 +298,7 @@ class BillingApplication(Application[UUID]):
     def subscribe(self, customer_id: str, plan_id: str, effective_from: str,
                   principal: Principal = SYSTEM, plan_version: int | None = None) -> dict[str, Any]:
         """Subscribe a customer to a plan version from a period start (a migration is an event)."""
-        check_period(effective_from, "effective_from")
+        effective_from = period_start(effective_from, "effective_from")
         plan = self.get_plan(plan_id)
         version = plan_version or len(plan.versions)
         if not 1 <= version <= len(plan.versions):
@@ -478,7 +493,7 @@ class BillingApplication(Application[UUID]):
                                        r.payload_hash, period.id, period.version, r.item.meter,
                                        decimal_text(r.item.quantity)))
                     results[r.index] = UsageResult(r.item.event_id, "accepted", period_name,
-                                                   treatment)
+                                                   treatment, received_at=received)
         for period, sender in restate.values():
             period.restate(actor=sender.actor, restated_at=now, reason="late usage")
         self.save(*pending.values(), *facts, keys=keys)
@@ -523,6 +538,9 @@ class BillingApplication(Application[UUID]):
                 return self._correction_view("compensation", compensation_id, done, "duplicate",
                                              event_id=event_id)
             row, record = self.recorded_usage(customer_id, event_id)
+            if not principal.may_ingest(customer_id, record[2], now):
+                raise NotAuthorised(f"{principal.emitter!r} has no grant for customer "
+                                    f"{customer_id!r} and meter {record[2]!r}")
             pending: dict[UUID, Aggregate] = {}
             period = self._find(row.originator_id, BillingPeriod)
             assert period is not None
@@ -644,6 +662,19 @@ class BillingApplication(Application[UUID]):
                     closed.append(self.close_period(customer_id, period, principal))
                 period = next_period(period)
         return closed
+
+    def customer_ids(self) -> list[str]:
+        """Every customer id, in the order the accounts were opened (read from the log)."""
+        topic = f"{Customer.Opened.__module__}:{Customer.Opened.__qualname__}"
+        ids: list[str] = []
+        start = 1
+        while True:
+            page = self.recorder.select_notifications(start, 500, topics=[topic])
+            ids += [self.mapper.to_domain_event(n).customer_id  # type: ignore[attr-defined]
+                    for n in page]
+            if len(page) < 500:
+                return ids
+            start = page[-1].id + 1
 
     def billing_period(self, customer_id: str, period: str) -> BillingPeriod | None:
         return self._find(period_uuid(check_identifier(customer_id, "customer_id"),

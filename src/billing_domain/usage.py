@@ -34,6 +34,7 @@ class UsageResult:
     detail: str | None = None
     field: str | None = None
     code: str | None = None
+    received_at: str | None = None
 
 
 def period_of(moment: datetime) -> str:

@@ -1,0 +1,1 @@
+"""The HTTP API (litestar): controllers, schemas, authentication and the error mapping."""

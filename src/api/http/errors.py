@@ -1,0 +1,97 @@
+"""The one place where refusals become HTTP statuses and bodies.
+
+Every error body has `detail` (a sentence naming the field) and `errors`
+(`[{field, reason, code}]`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from billing_domain import errors as domain
+
+log = logging.getLogger("billing.http")
+
+STATUS_OF: tuple[tuple[type[domain.BillingError], int], ...] = (
+    (domain.NotAuthenticated, 401),
+    (domain.NotAuthorised, 403),
+    (domain.NotFound, 404),
+    (domain.Conflict, 409),
+    (domain.InvalidInput, 422),
+    (domain.StoreContention, 503),
+)
+
+
+def status_of(error: domain.BillingError) -> int:
+    for cls, status in STATUS_OF:
+        if isinstance(error, cls):
+            return status
+    return 400
+
+
+def error_body(items: list[dict[str, Any]]) -> dict[str, Any]:
+    detail = "; ".join(f"{i['field']}: {i['reason']}" if i.get("field") else i["reason"]
+                       for i in items)
+    return {"detail": detail, "errors": items}
+
+
+def respond(status: int, items: list[dict[str, Any]],
+            headers: dict[str, str] | None = None) -> Response[Any]:
+    return Response(error_body(items), status_code=status, media_type=MediaType.JSON,
+                    headers=headers)
+
+
+def on_billing_error(_: Request[Any, Any, Any], error: domain.BillingError) -> Response[Any]:
+    status = status_of(error)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return respond(status, [{"field": error.field, "reason": error.reason, "code": error.code}],
+                   headers)
+
+
+def pydantic_items(errors: list[dict[str, Any]], prefix: str = "") -> list[dict[str, Any]]:
+    items = []
+    for e in errors:
+        location = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body",))
+        code = "unknown_field" if e.get("type") == "extra_forbidden" else (
+            "missing" if e.get("type") == "missing" else "invalid")
+        reason = "unknown field" if code == "unknown_field" else e.get("msg", "invalid")
+        items.append({"field": f"{prefix}{location}" or None, "reason": reason, "code": code})
+    return items
+
+
+def on_validation_error(_: Request[Any, Any, Any], error: ValidationException) -> Response[Any]:
+    extra = error.extra if isinstance(error.extra, list) else []
+    items = []
+    for e in extra:
+        if isinstance(e, dict):
+            key = e.get("key") or ""
+            reason = str(e.get("message") or "invalid")
+            items.append({"field": key or None, "reason": reason,
+                          "code": "unknown_field" if "extra" in reason.lower() else "invalid"})
+    if not items:
+        items = [{"field": None, "reason": error.detail or "invalid request", "code": "invalid"}]
+    return respond(422, items)
+
+
+def on_http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[Any]:
+    return respond(error.status_code, [{"field": None, "reason": error.detail,
+                                        "code": f"http_{error.status_code}"}],
+                   dict(error.headers or {}))
+
+
+def on_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
+    # The path, never the headers: they carry keys.
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return respond(500, [{"field": None, "reason": "internal error",
+                          "code": "internal"}])
+
+
+HANDLERS: dict[Any, Any] = {
+    domain.BillingError: on_billing_error,
+    ValidationException: on_validation_error,
+    HTTPException: on_http_error,
+    Exception: on_unexpected,
+}
