@@ -58,8 +58,11 @@ def iso(moment: datetime) -> str:
 
 
 def decimal_text(value: Decimal) -> str:
-    """Canonical text of a quantity: 1, 1.0 and 1.00 are the same payload."""
-    text = format(value.normalize(), "f")
+    """Canonical text of a quantity: 1, 1.0 and 1.00 are the same payload. Exact:
+    no context rounding (normalize() would round to the context's precision)."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
 
 
