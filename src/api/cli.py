@@ -16,3 +16,7 @@ def main() -> None:
 
 for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(main)
+
+
+if __name__ == "__main__":
+    main()
