@@ -97,7 +97,7 @@ def test_the_background_runner_gives_read_your_writes(services: Services, clock:
 
 
 def test_a_killed_worker_process_resumes_without_double_counting(
-        services: Services, settings: Settings) -> None:
+        services: Services, settings: Settings, store: str) -> None:
     customer(services.app, "acme")
     for batch in range(40):
         services.app.record_usage([usage(f"e{batch}-{n}", n % 7 + 1, at(1 + n % 20, 11))
@@ -108,15 +108,39 @@ def test_a_killed_worker_process_resumes_without_double_counting(
     worker = subprocess.Popen([sys.executable, "-c", "from api.cli import main; main()",
                                "projections", "run"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    blocker = None
     try:
         deadline = time.monotonic() + 30
         while services.read_models.runner.live("invoices").position < head // 3:
             assert time.monotonic() < deadline, "worker made no progress"
-            time.sleep(0.02)
+            time.sleep(0.01)
+        if store == "postgres":
+            blocker = hold_worker_mid_transaction(settings.database_url)
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
+        if blocker is not None:
+            blocker.close()
+    if store == "postgres":
+        assert services.read_models.runner.live("invoices").position < head
     services.read_models.catch_up()
     assert_views_match_replay(services, [("acme", "2026-11")])
     assert services.read_models.usage("acme", "2026-11")["items"][0]["quantity"] == str(
         sum(n % 7 + 1 for n in range(500)) * 40)
+
+
+def hold_worker_mid_transaction(database_url: str) -> Any:
+    """Lock the draft row the worker writes last in a batch, and return once the worker is
+    waiting on it: its balances and deltas for that batch are written but not committed."""
+    import psycopg
+    schema = database_url.rpartition("schema=")[2]
+    blocker = psycopg.connect(database_url.partition("?")[0],
+                              options=f"-c search_path={schema}")
+    blocker.execute("SELECT * FROM pj_invoices_v1_invoices FOR UPDATE")
+    deadline = time.monotonic() + 10
+    while not blocker.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE %s", ["%pj_invoices_v1_invoices%"]).fetchone():
+        assert time.monotonic() < deadline, "the worker never reached the locked row"
+        time.sleep(0.01)
+    return blocker
