@@ -47,3 +47,16 @@ def test_an_account_stored_before_late_usage_policies_still_loads(app):
         ("Legacy Co", "EUR", "carry_forward")
     legacy_renamed = app.update_customer("legacy-co", name="Legacy Company")
     assert app.get_customer("legacy-co").name == legacy_renamed.name == "Legacy Company"
+
+
+def test_processes_starting_together_on_an_empty_store_all_start(database_url):
+    code = ("import sys; from billing_domain.application import BillingApplication; "
+            "from billing_domain.settings import Settings; "
+            "BillingApplication(Settings(database_url=sys.argv[1])).close(); print('started')")
+    starting = [subprocess.Popen([sys.executable, "-c", code, database_url], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(4)]
+    for process in starting:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err[-2000:]
+        assert out.strip() == "started"

@@ -7,6 +7,7 @@ import json
 import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
+from copy import deepcopy
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -129,10 +130,13 @@ class BillingApplication(Application[UUID]):
         self.settings = settings or Settings.from_env()
         self.clock = clock or (lambda: datetime.now(UTC))
         self._charges: dict[tuple[str, int], tuple[Charge, ...]] = {}
+        self.last_position = 0  # the newest log position this process has written
         super().__init__(env=self.settings.eventsourcing_env())
 
     def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
         recordings = super()._record(processing_event)
+        if recordings and recordings[-1].notification.id is not None:
+            self.last_position = max(self.last_position, recordings[-1].notification.id)
         # The saved aggregates are the newest versions: caching them spares the next command
         # from re-applying events it has just applied (fast-forward still picks up others').
         if self.repository.cache is not None:
@@ -149,6 +153,36 @@ class BillingApplication(Application[UUID]):
             return None
         assert isinstance(aggregate, cls)
         return aggregate
+
+    def _load_many(self, ids: Iterable[UUID], *, copy: bool = True) -> dict[UUID, Aggregate | None]:
+        """Load many aggregates with one query for whatever others wrote since they were cached,
+        instead of one fast-forward query per aggregate. `copy=False` is for aggregates the
+        caller only reads: they come straight from the cache."""
+        cache = self.repository.cache
+        found: dict[UUID, Aggregate | None] = {}
+        cached: dict[UUID, Aggregate] = {}
+        for aggregate_id in dict.fromkeys(ids):
+            try:
+                cached[aggregate_id] = cache.get(aggregate_id)  # type: ignore[union-attr]
+            except (KeyError, AttributeError):
+                found[aggregate_id] = self._find(aggregate_id, Aggregate)
+        newer = self.recorder.newer_than(  # type: ignore[attr-defined]
+            {i: a.version for i, a in cached.items()})
+        for aggregate_id, aggregate in cached.items():
+            if aggregate_id in newer:
+                found[aggregate_id] = self._find(aggregate_id, Aggregate)
+                continue
+            if not copy:
+                found[aggregate_id] = aggregate
+                continue
+            # The repository fast-forwards cached aggregates in place under this lock.
+            lock = self.repository._use_fastforward_lock(aggregate_id)
+            try:
+                with lock:
+                    found[aggregate_id] = deepcopy(aggregate)
+            finally:
+                self.repository._disuse_fastforward_lock(aggregate_id)
+        return found
 
     def _customer(self, customer_id: str) -> Customer:
         customer = self._find(customer_uuid(customer_id), Customer)
@@ -369,7 +403,10 @@ class BillingApplication(Application[UUID]):
         first_of: dict[tuple[str, str], tuple[int, str]] = {}
         routed: list[_Routed] = []
         refusals: list[AuditFact] = []
-        customers: dict[str, Customer | None] = {}
+        submitted = {item.customer_id for item, _ in entries if isinstance(item.customer_id, str)}
+        loaded = self._load_many((customer_uuid(c) for c in submitted), copy=False)
+        customers: dict[str, Customer | None] = {
+            c: loaded[customer_uuid(c)] for c in submitted}  # type: ignore[misc]
         for index, (item, principal) in enumerate(entries):
             try:
                 self._check_usage(item, now)
@@ -466,6 +503,9 @@ class BillingApplication(Application[UUID]):
         keys: list[KeyRow] = []
         restate: dict[UUID, tuple[BillingPeriod, Principal]] = {}
         received = iso(now)
+        for period_id, found in self._load_many(period_uuid(*g) for g in groups).items():
+            if found is not None:
+                pending[period_id] = found
         for (billed_id, period_name), group in groups.items():
             period = self._period_for_write(billed_id, period_name, pending)
             treatment = self._late_treatment(period)

@@ -59,11 +59,27 @@ class PostgresBillingRecorder(PostgresApplicationRecorder):
             "key text, payload_hash text, originator_id uuid, originator_version bigint, "
             "meter text, quantity text)"
         ).format(table=table)
+        self.newer_statement = SQL(
+            "SELECT DISTINCT e.originator_id FROM {events} e "
+            "JOIN json_to_recordset(%s::json) AS q(id uuid, v bigint) "
+            "ON e.originator_id = q.id AND e.originator_version > q.v"
+        ).format(events=SQL("{}.{}").format(Identifier(self.datastore.schema),
+                                            Identifier(events_table_name)))
         self.select_keys_statement = SQL(
             "SELECT k.* FROM {table} k JOIN (SELECT e->>0 AS c, e->>1 AS k2 "
             "FROM json_array_elements(%s::json) AS e) AS q "
             "ON k.customer_id = q.c AND k.key = q.k2 WHERE k.kind = %s"
         ).format(table=table)
+
+    def create_table(self) -> None:
+        # Processes starting together (the API and the worker) would race on CREATE OR
+        # REPLACE FUNCTION ("tuple concurrently updated"): one at a time, across processes.
+        with self.datastore.get_connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(hashtext('billing.create_table'))")
+            try:
+                super().create_table()
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext('billing.create_table'))")
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -90,6 +106,15 @@ class PostgresBillingRecorder(PostgresApplicationRecorder):
                 keys_cursor.execute(self.insert_keys_statement, kwargs["key_columns"])
                 pipeline.sync()
         return notification_ids
+
+    def newer_than(self, versions: dict[UUID, int]) -> set[UUID]:
+        """The aggregates, of those given with a version, that have events after it."""
+        if not versions:
+            return set()
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.newer_statement, [json.dumps(
+                [{"id": str(i), "v": v} for i, v in versions.items()])])
+            return {row["originator_id"] for row in curs.fetchall()}
 
     def select_keys(self, kind: str, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], KeyRow]:
         if not pairs:
@@ -125,6 +150,21 @@ class SQLiteBillingRecorder(SQLiteApplicationRecorder):
                   k.originator_version, k.meter, k.quantity) for k in keys],
             )
         return notification_ids
+
+    def newer_than(self, versions: dict[UUID, int]) -> set[UUID]:
+        """The aggregates, of those given with a version, that have events after it."""
+        newer: set[UUID] = set()
+        items = list(versions.items())
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(items), 400):
+                chunk = items[start:start + 400]
+                c.execute(
+                    "WITH q(id, v) AS (VALUES " + ",".join(["(?, ?)"] * len(chunk)) + ") "
+                    f"SELECT DISTINCT e.originator_id FROM {self.events_table_name} e "
+                    "JOIN q ON e.originator_id = q.id AND e.originator_version > q.v",
+                    [x for i, v in chunk for x in (i.hex, v)])
+                newer.update(UUID(row["originator_id"]) for row in c.fetchall())
+        return newer
 
     def select_keys(self, kind: str, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], KeyRow]:
         found: dict[tuple[str, str], KeyRow] = {}

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from api.bootstrap import Services
 from api.http import schemas as s
-from api.http.auth import principal
+from api.http.auth import principal, principal_async
 from api.http.errors import HANDLERS, pydantic_items
 from billing_domain.application import check_period
 from billing_domain.errors import InvalidInput, NotAuthorised, NotFound
@@ -79,13 +79,15 @@ def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 # Usage --------------------------------------------------------------------------------------
 
-@post("/v1/usage", status_code=202, tags=["usage"], sync_to_thread=True, **_family("ingest"),
+@post("/v1/usage", status_code=202, tags=["usage"], opt={"family": "ingest"},
+      dependencies={"caller": Provide(principal_async)}, security=[{"BearerAuth": []}],
       summary="Record one usage event")
-def ingest_one(request: Request[Any, Any, Any], data: s.UsageIn,
-               caller: Principal) -> Response[Any]:
-    """202 accepted or duplicate; 409 conflict (the first stands); 422 names the field."""
+async def ingest_one(request: Request[Any, Any, Any], data: s.UsageIn,
+                     caller: Principal) -> Response[Any]:
+    """202 accepted or duplicate; 409 conflict (the first stands); 422 names the field.
+    Concurrent requests share one durable commit; the answer waits for it."""
     services = _services(request)
-    result = request.app.state.committer.record(_usage_input(data), caller)
+    result = await request.app.state.committer.record_async(_usage_input(data), caller)
     if result.status == "rejected":
         error = (NotAuthorised if result.code == "not_authorised" else InvalidInput)(
             result.detail or "rejected", field=result.field)
@@ -98,7 +100,7 @@ def ingest_one(request: Request[Any, Any, Any], data: s.UsageIn,
     if result.status == "conflict":
         body["detail"] = result.detail
     return Response(body, status_code=status, media_type=MediaType.JSON,
-                    headers={"X-Billing-Position": str(services.read_models.max_position())})
+                    headers={"X-Billing-Position": str(services.app.last_position)})
 
 
 @post("/v1/usage/batch", status_code=200, tags=["usage"], sync_to_thread=True,
