@@ -136,11 +136,17 @@ def hold_worker_mid_transaction(database_url: str) -> Any:
     schema = database_url.rpartition("schema=")[2]
     blocker = psycopg.connect(database_url.partition("?")[0],
                               options=f"-c search_path={schema}")
-    blocker.execute("SELECT * FROM pj_invoices_v1_invoices FOR UPDATE")
-    deadline = time.monotonic() + 10
-    while not blocker.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND query LIKE %s", ["%pj_invoices_v1_invoices%"]).fetchone():
-        assert time.monotonic() < deadline, "the worker never reached the locked row"
-        time.sleep(0.01)
+    try:
+        blocker.execute("SELECT * FROM pj_invoices_v1_invoices FOR UPDATE")
+        me = blocker.execute("SELECT pg_backend_pid()").fetchone()[0]
+        deadline = time.monotonic() + 10
+        # Only a session blocked by this one counts: other tests may be waiting on locks too.
+        while not blocker.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                [me]).fetchone():
+            assert time.monotonic() < deadline, "the worker never reached the locked row"
+            time.sleep(0.01)
+    except BaseException:
+        blocker.close()  # an open lock would hang the schema's teardown
+        raise
     return blocker
