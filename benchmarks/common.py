@@ -198,3 +198,25 @@ def running_server(cmd: Sequence[str], port: int, *, timeout: float = 30.0,
                 proc.kill()
                 proc.wait()
         log_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def scratch_store(store: str) -> Iterator[str]:
+    """A BILLING_DATABASE_URL for an empty store, removed afterwards: a temporary SQLite file,
+    or a new schema in the benchmark PostgreSQL database."""
+    import uuid
+
+    import psycopg
+
+    if store == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            yield f"sqlite:///{tmp}/bench.db"
+        return
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_dsn(), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{pg_dsn()}?schema={schema}"
+    finally:
+        with psycopg.connect(pg_dsn(), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

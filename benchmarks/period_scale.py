@@ -12,16 +12,12 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
-import psycopg
 
-from benchmarks.common import log, median_of, pg_dsn, print_report
+from benchmarks.common import scratch_store, log, median_of, print_report
 from billing_domain.application import BillingApplication
 from billing_domain.settings import Settings
 from billing_domain.usage import UsageInput
@@ -79,25 +75,13 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for store in args.stores.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            schema = f"scale_{uuid.uuid4().hex[:10]}"
-            if store == "postgres":
-                with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-                    conn.execute(f'CREATE SCHEMA "{schema}"')
-                url = f"{pg_dsn()}?schema={schema}"
-            else:
-                url = f"sqlite:///{Path(tmp)}/scale.db"
-            try:
-                log(f"{store}: filling one period with {args.records:,} records")
-                rate = fill(url, args.records)
-                reads = [timed_in_fresh_process(url, "invoice") for _ in range(args.runs)]
-                close = timed_in_fresh_process(url, "close")
-                rows.append({"store": store, "records": args.records, "fill_records_per_s": rate,
-                             "cold_invoice_read_s": median_of(reads), "cold_close_s": close})
-            finally:
-                if store == "postgres":
-                    with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-                        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        with scratch_store(store) as url:
+            log(f"{store}: filling one period with {args.records:,} records")
+            rate = fill(url, args.records)
+            reads = [timed_in_fresh_process(url, "invoice") for _ in range(args.runs)]
+            close = timed_in_fresh_process(url, "close")
+            rows.append({"store": store, "records": args.records, "fill_records_per_s": rate,
+                         "cold_invoice_read_s": median_of(reads), "cold_close_s": close})
     print_report("A period with many records: close and aggregate reads",
                  {"period": rows}, {"runs": args.runs, "period": PERIOD}, as_json=args.json)
 

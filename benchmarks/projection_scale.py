@@ -11,17 +11,13 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
-import psycopg
 
 from api.bootstrap import build
-from benchmarks.common import latency_percentiles, log, pg_dsn, print_report
+from benchmarks.common import scratch_store, latency_percentiles, log, print_report
 from billing_domain.ids import invoice_id
 from billing_domain.settings import Settings
 from billing_domain.usage import UsageInput
@@ -103,21 +99,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for store in args.stores.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            schema = f"pscale_{uuid.uuid4().hex[:10]}"
-            if store == "postgres":
-                with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-                    conn.execute(f'CREATE SCHEMA "{schema}"')
-                url = f"{pg_dsn()}?schema={schema}"
-            else:
-                url = f"sqlite:///{Path(tmp)}/scale.db"
-            try:
-                log(f"{store}: {args.records:,} records in one period")
-                rows.append({"store": store, **measure(url, args.records, args.reads)})
-            finally:
-                if store == "postgres":
-                    with psycopg.connect(pg_dsn(), autocommit=True) as conn:
-                        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        with scratch_store(store) as url:
+            log(f"{store}: {args.records:,} records in one period")
+            rows.append({"store": store, **measure(url, args.records, args.reads)})
     print_report("Read models with one customer's period at scale", {"projections": rows},
                  {"reads": args.reads}, as_json=args.json)
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from billing_domain.application import BillingApplication
+from billing_domain.errors import UnknownPlan
 from billing_domain.usage import UsageInput
 
 API_CALLS_PLAN: list[dict[str, Any]] = [
@@ -27,7 +28,7 @@ def customer(app: BillingApplication, customer_id: str = "acme", *,
     app.open_customer(customer_id, customer_id.title(), "USD", policy)
     try:
         app.get_plan(plan)
-    except Exception:
+    except UnknownPlan:
         app.publish_plan(plan, "USD", charges or API_CALLS_PLAN)
     app.subscribe(customer_id, plan, since)
     return customer_id

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing_domain.pricing import parse_charges, round_money
-from tests.scenario import API_CALLS_PLAN, at, usage
+from tests.scenario import API_CALLS_PLAN, at, customer, usage
 
 CHARGE = parse_charges(API_CALLS_PLAN)[0]
 _customers = itertools.count()
@@ -24,13 +24,7 @@ events = st.lists(
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=events, data=st.data())
 def test_any_interleaving_of_retries_bills_the_deduplicated_set(app, events, data):
-    customer_id = f"prop-{next(_customers)}"
-    app.open_customer(customer_id, "Property Co")
-    try:
-        app.get_plan("std")
-    except Exception:
-        app.publish_plan("std", "USD", API_CALLS_PLAN)
-    app.subscribe(customer_id, "std", "2026-01")
+    customer_id = customer(app, f"prop-{next(_customers)}")
     originals = [usage(f"e{i}", quantity, at(day), customer_id)
                  for i, (quantity, day) in enumerate(events)]
     retries = data.draw(st.lists(st.sampled_from(originals), max_size=15), label="retries")
@@ -55,13 +49,7 @@ def test_any_interleaving_of_retries_bills_the_deduplicated_set(app, events, dat
        late=st.lists(st.integers(1, 600), min_size=1, max_size=8))
 def test_carried_forward_lines_add_up_to_what_the_late_usage_adds_to_the_period(app, on_time,
                                                                                late):
-    customer_id = f"late-{next(_customers)}"
-    app.open_customer(customer_id, "Late Co")
-    try:
-        app.get_plan("std")
-    except Exception:
-        app.publish_plan("std", "USD", API_CALLS_PLAN)
-    app.subscribe(customer_id, "std", "2026-01")
+    customer_id = customer(app, f"late-{next(_customers)}")
     app.record_usage([usage(f"o{i}", q, at(3), customer_id) for i, q in enumerate(on_time)])
     app.close_period(customer_id, "2026-10")
     for i, q in enumerate(late):  # each late event arrives on its own
