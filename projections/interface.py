@@ -30,6 +30,9 @@ class ReadModels(Protocol):
         """{items: [{kind, id, quantity, occurred_at, received_at, emitter, key_id}],
         next_cursor}, or None when the invoice or line is unknown."""
 
+    def lineage_digest(self, customer_id: str, period: str) -> str:
+        """The digest of a period's billed items as the lineage rows hold them."""
+
     def audit(self, since: datetime | None = None, until: datetime | None = None,
               actor: str | None = None, cursor: str | None = None,
               limit: int = 100) -> dict[str, Any]:

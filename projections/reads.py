@@ -143,20 +143,28 @@ class InvoiceReads:
         carried = self.p.carried_entries(cur, customer_id, period, as_of)
         lines = self.p.draft_lines(period, self.meters(cur, customer_id, period, as_of),
                                    charges, carried, customer["currency"])
-        acc, items = 0, 0
-        for table in ("deltas", "carried"):
-            kind = " AND kind = 'billed'" if table == "deltas" else ""
-            for r in cur.all(f"SELECT acc, items FROM {self.t(table)} WHERE customer_id = ? "
-                             f"AND period = ? AND received_at <= ?{kind}",
-                             [customer_id, period, as_of]):
-                acc = (acc + int(r["acc"], 16)) % DIGEST_MODULUS
-                items += int(r["items"])
         return {"invoice_id": invoice_id, "customer_id": customer_id, "period": period,
                 "revision": 1, "status": "draft", "currency": customer["currency"],
                 "lines": lines, "total": total_of(lines),
-                "lineage_digest": digest_text(acc, items),
+                "lineage_digest": self.lineage_digest(cur, customer_id, period, as_of),
                 "plan_id": plan[0] if plan else None, "plan_version": plan[1] if plan else None,
                 "issued_at": None}
+
+    def lineage_digest(self, cur: Cursor, customer_id: str, period: str,
+                       as_of: str | None = None) -> str:
+        """The digest of the billed items the lineage rows point at (received by `as_of`)."""
+        acc, items = 0, 0
+        for table in ("deltas", "carried"):
+            where = " AND kind = 'billed'" if table == "deltas" else ""
+            params = [customer_id, period]
+            if as_of is not None:
+                where += " AND received_at <= ?"
+                params.append(as_of)
+            for r in cur.all(f"SELECT acc, items FROM {self.t(table)} WHERE customer_id = ? "
+                             f"AND period = ?{where}", params):
+                acc = (acc + int(r["acc"], 16)) % DIGEST_MODULUS
+                items += int(r["items"])
+        return digest_text(acc, items)
 
     def invoices(self, cur: Cursor, customer_id: str | None, period: str | None,
                  cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:

@@ -107,6 +107,12 @@ class ProjectionService:
             found = LineageReads(self.app, reads).lineage(cur, invoice_id, line, cursor, limit)
         return None if found is None else {**found, **self._meta(version)}
 
+    def lineage_digest(self, customer_id: str, period: str) -> str:
+        """The lineage digest of a period's billed items as the lineage rows hold them."""
+        _, reads = self._invoices()
+        with self.store.read() as cur:
+            return reads.lineage_digest(cur, customer_id, period)
+
     def audit(self, since: datetime | None = None, until: datetime | None = None,
               actor: str | None = None, cursor: str | None = None,
               limit: int = 100) -> dict[str, Any]:

@@ -199,6 +199,12 @@ class BillingApplication(Application[UUID]):
             self._charges[key] = plan.charges(version)
         return self._charges[key]
 
+    def period_charges(self, customer_id: str, period: str) -> tuple[tuple[Charge, ...], str]:
+        """The charges of the plan in force for a customer's period, and its currency."""
+        customer = self._customer(customer_id)
+        subscribed = customer.plan_for(period)
+        return (self._plan_charges(*subscribed) if subscribed else ()), customer.currency
+
     def _charge_for(self, customer: Customer, period: str, meter: str) -> Charge:
         subscribed = customer.plan_for(period)
         if subscribed is None:

@@ -20,16 +20,15 @@ from billing_domain.usage import (
     compensate_record,
     copy_totals,
     digest_text,
-    item_hash,
     new_totals,
     tracked_value,
 )
+from billing_domain.verification import adjustment_hash, compensation_hash, usage_hash
 
 CARRIED_FORWARD = "carried_forward"
 
 
-def usage_item_hash(record: list[Any], received_at: str, emitter: str, key_id: str) -> int:
-    return item_hash("usage", *record, received_at, emitter, key_id)
+usage_item_hash = usage_hash
 
 
 class BillingPeriod(Aggregate):
@@ -172,11 +171,7 @@ class BillingPeriod(Aggregate):
         source = ["compensation", compensation_id, f"{self._compensation_hash(compensation_id, event_id, submitted_customer_id, meter, quantity, reason, received_at, actor):064x}"]
         return self._marginal(before, {meter: [source]})
 
-    @staticmethod
-    def _compensation_hash(compensation_id: str, event_id: str, submitted: str, meter: str,
-                           quantity: Decimal, reason: str, received_at: str, actor: str) -> int:
-        return item_hash("compensation", compensation_id, event_id, submitted, meter,
-                         str(-quantity), reason, received_at, actor)
+    _compensation_hash = staticmethod(compensation_hash)
 
     @event("UsageCompensated")
     def _compensate(self, compensation_id: str, event_id: str, submitted_customer_id: str,
@@ -212,11 +207,7 @@ class BillingPeriod(Aggregate):
         source = ["adjustment", adjustment_id, f"{self._adjustment_hash(adjustment_id, meter, quantity, occurred_at, reason, received_at, actor):064x}"]
         return self._marginal(before, {meter: [source]})
 
-    @staticmethod
-    def _adjustment_hash(adjustment_id: str, meter: str, quantity: Decimal, occurred_at: datetime,
-                         reason: str, received_at: str, actor: str) -> int:
-        return item_hash("adjustment", adjustment_id, meter, str(quantity),
-                         occurred_at.isoformat(), reason, received_at, actor)
+    _adjustment_hash = staticmethod(adjustment_hash)
 
     @event("UsageAdjusted")
     def _adjust(self, adjustment_id: str, meter: str, quantity: Decimal, occurred_at: datetime,

@@ -38,6 +38,11 @@ def _rows(keys: Iterable[KeyRow]) -> list[KeyRow]:
     return sorted(keys, key=lambda k: (k.customer_id, k.kind, k.key))
 
 
+def _key_row(r: Any, originator_id: UUID) -> KeyRow:
+    return KeyRow(r["customer_id"], r["kind"], r["key"], r["payload_hash"], originator_id,
+                  int(r["originator_version"]), r["meter"], r["quantity"])
+
+
 class PostgresBillingRecorder(PostgresApplicationRecorder):
     def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
         super().__init__(datastore, events_table_name=events_table_name)
@@ -65,6 +70,8 @@ class PostgresBillingRecorder(PostgresApplicationRecorder):
             "ON e.originator_id = q.id AND e.originator_version > q.v"
         ).format(events=SQL("{}.{}").format(Identifier(self.datastore.schema),
                                             Identifier(events_table_name)))
+        self.keys_of_statement = SQL(
+            "SELECT * FROM {table} WHERE originator_id = ANY(%s::uuid[])").format(table=table)
         self.select_keys_statement = SQL(
             "SELECT k.* FROM {table} k JOIN (SELECT e->>0 AS c, e->>1 AS k2 "
             "FROM json_array_elements(%s::json) AS e) AS q "
@@ -116,14 +123,21 @@ class PostgresBillingRecorder(PostgresApplicationRecorder):
                 [{"id": str(i), "v": v} for i, v in versions.items()])])
             return {row["originator_id"] for row in curs.fetchall()}
 
+    def keys_of(self, originator_ids: Sequence[UUID]) -> list[KeyRow]:
+        """Every key row pointing at these aggregates (the reconciliation's index check)."""
+        if not originator_ids:
+            return []
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.keys_of_statement, [list(originator_ids)])
+            return [_key_row(r, r["originator_id"]) for r in curs.fetchall()]
+
     def select_keys(self, kind: str, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], KeyRow]:
         if not pairs:
             return {}
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(self.select_keys_statement, [json.dumps(list(pairs)), kind])
-            return {(r["customer_id"], r["key"]): KeyRow(
-                r["customer_id"], r["kind"], r["key"], r["payload_hash"], r["originator_id"],
-                r["originator_version"], r["meter"], r["quantity"]) for r in curs.fetchall()}
+            return {(r["customer_id"], r["key"]): _key_row(r, r["originator_id"])
+                    for r in curs.fetchall()}
 
 
 class SQLiteBillingRecorder(SQLiteApplicationRecorder):
@@ -166,6 +180,18 @@ class SQLiteBillingRecorder(SQLiteApplicationRecorder):
                 newer.update(UUID(row["originator_id"]) for row in c.fetchall())
         return newer
 
+    def keys_of(self, originator_ids: Sequence[UUID]) -> list[KeyRow]:
+        """Every key row pointing at these aggregates (the reconciliation's index check)."""
+        rows: list[KeyRow] = []
+        ids = [i.hex for i in originator_ids]
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                c.execute(f"SELECT * FROM {self.keys_table_name} WHERE originator_id IN "
+                          f"({','.join('?' * len(chunk))})", chunk)
+                rows += [_key_row(r, UUID(r["originator_id"])) for r in c.fetchall()]
+        return rows
+
     def select_keys(self, kind: str, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], KeyRow]:
         found: dict[tuple[str, str], KeyRow] = {}
         by_customer: dict[str, list[str]] = {}
@@ -181,8 +207,6 @@ class SQLiteBillingRecorder(SQLiteApplicationRecorder):
                         [customer_id, kind, *chunk],
                     )
                     for r in c.fetchall():
-                        found[(r["customer_id"], r["key"])] = KeyRow(
-                            r["customer_id"], r["kind"], r["key"], r["payload_hash"],
-                            UUID(r["originator_id"]), r["originator_version"], r["meter"],
-                            r["quantity"])
+                        found[(r["customer_id"], r["key"])] = _key_row(
+                            r, UUID(r["originator_id"]))
         return found

@@ -1,0 +1,269 @@
+"""What a billing period's stored events prove, recomputed without the classes being checked.
+
+The reconciliation reads stored events as JSON (not as domain objects), feeds each period's
+events to a `PeriodLedger` and compares the result with the replayed aggregate, the read
+models and the invoices recorded at close. The ledger uses only the pure helpers of `usage`
+and `pricing`: the same arithmetic, none of the aggregate's state or the library's mapper.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from billing_domain.pricing import parse_charges, round_money
+from billing_domain.usage import (
+    DIGEST_MODULUS,
+    ZERO,
+    UsageInput,
+    add_record,
+    aggregate_quantity,
+    compensate_record,
+    decimal_text,
+    digest_text,
+    item_hash,
+    new_totals,
+    payload_hash,
+    tracked_value,
+)
+
+PERIOD_TOPIC = "billing_domain.period:BillingPeriod."
+CARRIED_FORWARD = "carried_forward"
+
+
+class UndecodableState(ValueError):
+    """A stored event's state is not the JSON this application writes."""
+
+
+def _hook(value: dict[str, Any]) -> Any:
+    kind = value.get("_type_")
+    if kind is None or "_data_" not in value or len(value) != 2:
+        return value
+    data = value["_data_"]
+    if kind == "decimal_str":
+        return Decimal(data)
+    if kind == "datetime_iso":
+        return datetime.fromisoformat(data)
+    if kind == "uuid_hex":
+        return UUID(data)
+    raise UndecodableState(f"unknown encoded type {kind!r}")
+
+
+def decode_state(state: bytes) -> dict[str, Any]:
+    """The attributes of a stored event, from its bytes alone."""
+    try:
+        decoded = json.loads(state, object_hook=_hook)
+    except (ValueError, TypeError, ArithmeticError) as error:
+        raise UndecodableState(f"state is not valid JSON: {error}") from None
+    if not isinstance(decoded, dict):
+        raise UndecodableState("state is not a JSON object")
+    return decoded
+
+
+def usage_hash(record: list[Any], received_at: str, emitter: str, key_id: str) -> int:
+    """One usage record's share of the lineage digest (the period aggregate uses this too)."""
+    return item_hash("usage", *record, received_at, emitter, key_id)
+
+
+def compensation_hash(compensation_id: str, event_id: str, submitted: str, meter: str,
+                      quantity: Decimal, reason: str, received_at: str, actor: str) -> int:
+    return item_hash("compensation", compensation_id, event_id, submitted, meter,
+                     str(-quantity), reason, received_at, actor)
+
+
+def adjustment_hash(adjustment_id: str, meter: str, quantity: Decimal, occurred_at: datetime,
+                    reason: str, received_at: str, actor: str) -> int:
+    return item_hash("adjustment", adjustment_id, meter, str(quantity),
+                     occurred_at.isoformat(), reason, received_at, actor)
+
+
+def record_payload_hash(record: list[Any]) -> str:
+    """The idempotency payload hash of a stored usage record, as the ingest computed it."""
+    event_id, customer_id, meter, quantity, occurred_at, properties = record
+    return payload_hash(UsageInput(event_id, customer_id, meter, Decimal(quantity),
+                                   datetime.fromisoformat(occurred_at.replace("Z", "+00:00")),
+                                   properties))
+
+
+@dataclass
+class UsageSeen:
+    """A usage record as stored, with where it is."""
+
+    event_id: str
+    customer_id: str  # as submitted (a merged customer's usage is billed elsewhere)
+    meter: str
+    quantity: str
+    occurred_at: str
+    received_at: str
+    payload_hash_now: str
+    version: int
+    position: int
+    billed: bool
+
+
+@dataclass
+class CorrectionSeen:
+    kind: str  # compensation | adjustment
+    key: str
+    meter: str
+    quantity: str
+    version: int
+    position: int
+
+
+@dataclass
+class Revision:
+    """An invoice revision as recorded at close or restatement, with its recomputed digest."""
+
+    revision: int
+    status: str
+    data: dict[str, Any]
+    recomputed_digest: str
+    version: int
+    position: int
+
+    @property
+    def recorded_digest(self) -> str:
+        return str(self.data.get("lineage_digest"))
+
+
+@dataclass
+class PeriodLedger:
+    """One billing period's billed totals and lineage digest, from its stored events."""
+
+    originator_id: UUID
+    customer_id: str
+    period: str
+    billed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    carried_in: dict[tuple[str, str], dict[str, Decimal]] = field(default_factory=dict)
+    net: dict[str, tuple[Decimal, dict[str, Any]]] = field(default_factory=dict)
+    carried_ids: set[str] = field(default_factory=set)
+    accumulator: int = 0
+    items: int = 0
+    records: int = 0
+    revisions: list[Revision] = field(default_factory=list)
+    usage: list[UsageSeen] = field(default_factory=list)
+    corrections: list[CorrectionSeen] = field(default_factory=list)
+    last_version: int = 0
+    keep_records: bool = True
+
+    @property
+    def lineage_digest(self) -> str:
+        return digest_text(self.accumulator, self.items)
+
+    @property
+    def status(self) -> str:
+        return "closed" if self.revisions else "open"
+
+    def _accumulate(self, value: int) -> None:
+        self.accumulator = (self.accumulator + value) % DIGEST_MODULUS
+        self.items += 1
+
+    def _meter(self, meter: str, aggregation: str, field_name: str | None) -> dict[str, Any]:
+        if meter not in self.billed:
+            self.billed[meter] = new_totals(aggregation, field_name)
+        return self.billed[meter]
+
+    def apply(self, name: str, state: dict[str, Any], version: int, position: int) -> None:
+        """Take one stored event of this period (`name` is the event class's name)."""
+        self.last_version = max(self.last_version, version)
+        handler = getattr(self, f"_on_{name}", None)
+        if handler is not None:
+            handler(state, version, position)
+
+    def _on_UsageRecorded(self, s: dict[str, Any], version: int, position: int) -> None:
+        billed = s["treatment"] != CARRIED_FORWARD
+        received, emitter, key_id = s["received_at"], s["emitter"], s["key_id"]
+        for record in s["records"]:
+            event_id, submitted, meter, quantity_text, occurred, properties = record
+            quantity = Decimal(quantity_text)
+            if billed:
+                totals = self._meter(meter, *s["meters"][meter])
+                add_record(totals, quantity, tracked_value(totals, quantity, properties))
+                self._accumulate(usage_hash(record, received, emitter, key_id))
+            else:
+                self.carried_ids.add(event_id)
+            self.net[event_id] = (quantity, properties)
+            if self.keep_records:
+                self.usage.append(UsageSeen(event_id, submitted, meter, quantity_text, occurred,
+                                            received, record_payload_hash(record), version,
+                                            position, billed))
+        self.records += len(s["records"])
+
+    def _on_LateUsageCarriedForward(self, s: dict[str, Any], version: int,
+                                    position: int) -> None:
+        entry = self.carried_in.setdefault((s["from_period"], s["meter"]),
+                                           {"quantity": ZERO, "amount": ZERO})
+        entry["quantity"] += s["quantity"]
+        entry["amount"] += s["amount"]
+        for _kind, _ident, hex_hash in s["sources"]:
+            self._accumulate(int(hex_hash, 16))
+
+    def _on_UsageCompensated(self, s: dict[str, Any], version: int, position: int) -> None:
+        event_id, quantity = s["event_id"], s["quantity"]
+        net_before, properties = self.net.get(event_id, (s["original_quantity"], s["properties"]))
+        self.net[event_id] = (net_before - quantity, properties)
+        if s["treatment"] != CARRIED_FORWARD and event_id not in self.carried_ids \
+                and s["meter"] in self.billed:
+            totals = self.billed[s["meter"]]
+            compensate_record(totals, quantity, net_before=net_before,
+                              value_before=tracked_value(totals, net_before, properties),
+                              value_after=tracked_value(totals, net_before - quantity,
+                                                        properties))
+            self._accumulate(compensation_hash(
+                s["compensation_id"], event_id, s["submitted_customer_id"], s["meter"], quantity,
+                s["reason"], s["received_at"], s["actor"]))
+        self.corrections.append(CorrectionSeen("compensation", s["compensation_id"], s["meter"],
+                                               decimal_text(quantity), version, position))
+
+    def _on_UsageAdjusted(self, s: dict[str, Any], version: int, position: int) -> None:
+        if s["treatment"] != CARRIED_FORWARD:
+            self._meter(s["meter"], s["aggregation"], s["field"])["adjustment"] += s["quantity"]
+            self._accumulate(adjustment_hash(s["adjustment_id"], s["meter"], s["quantity"],
+                                             s["occurred_at"], s["reason"], s["received_at"],
+                                             s["actor"]))
+        self.corrections.append(CorrectionSeen("adjustment", s["adjustment_id"], s["meter"],
+                                               decimal_text(s["quantity"]), version, position))
+
+    def _on_Closed(self, s: dict[str, Any], version: int, position: int) -> None:
+        self._issue(s, version, position)
+
+    def _on_Restated(self, s: dict[str, Any], version: int, position: int) -> None:
+        self._issue(s, version, position)
+
+    def _issue(self, s: dict[str, Any], version: int, position: int) -> None:
+        for earlier in self.revisions:
+            earlier.status = "superseded"
+        self.revisions.append(Revision(int(s["revision"]), "issued", s, self.lineage_digest,
+                                       version, position))
+
+    def quantity(self, meter: str) -> Decimal:
+        totals = self.billed.get(meter)
+        return aggregate_quantity(totals) if totals else ZERO
+
+
+def repriced_lines(revision: dict[str, Any]) -> list[dict[str, Any]]:
+    """Usage lines of an issued revision whose amount current pricing would not give:
+    [{line, meter, quantity, issued, now}]. Carried-forward lines were priced in their own
+    period's terms and are checked there; a total that is not the sum of its lines is listed
+    with line None."""
+    charges = {c.meter: c for c in parse_charges(revision.get("charges") or [])}
+    currency = revision["currency"]
+    drifted = []
+    for index, line in enumerate(revision.get("lines") or []):
+        charge = charges.get(line["meter"])
+        if line.get("kind") != "usage" or charge is None:
+            continue
+        now = round_money(charge.price(Decimal(line["quantity"])), currency)
+        if now != Decimal(line["amount"]):
+            drifted.append({"line": index, "meter": line["meter"], "quantity": line["quantity"],
+                            "issued": line["amount"], "now": str(now)})
+    total = sum((Decimal(line["amount"]) for line in revision.get("lines") or []), ZERO)
+    if total != Decimal(revision["total"]):
+        drifted.append({"line": None, "meter": None, "quantity": None,
+                        "issued": revision["total"], "now": str(total)})
+    return drifted
