@@ -125,6 +125,9 @@ def scan_log(app: BillingApplication, in_scope: Callable[[str, str], bool], *,
 def _scan_one(app: BillingApplication, scan: Scan, n: Any, in_scope: Callable[[str, str], bool],
               keep_records: bool) -> None:
     owner = scan.owners.get(n.originator_id)
+    if n.originator_id in scan.ledgers:  # the replay covers events that fail to decode here
+        ledger = scan.ledgers[n.originator_id]
+        ledger.last_version = max(ledger.last_version, n.originator_version)
 
     def drift(detail: str) -> None:
         scan.drifted.add(n.originator_id)
@@ -447,11 +450,7 @@ class Reconciliation:
     # Read models --------------------------------------------------------------------------
 
     def _projections(self, scan: Scan, replays: dict[UUID, BillingPeriod | None]) -> int:
-        reached, error = False, None
-        try:
-            reached = bool(self.read_models.wait(scan.stop, timeout=60.0))
-        except Exception as failure:
-            error = f"{type(failure).__name__}: {failure}"
+        reached, error = self._wait_for_read_models(scan.stop)
         if not reached:
             self.findings.append(Finding(
                 "projection", SCHEMA_DRIFT if scan.drifted else PROJECTION_BEHIND,
@@ -469,6 +468,21 @@ class Reconciliation:
                 self.changed_during_check += 1
                 del self.findings[before:]
         return compared
+
+    def _wait_for_read_models(self, position: int,
+                              timeout: float = 60.0) -> tuple[bool, str | None]:
+        """Let the read models reach the scanned position; give up at once when catching up
+        fails (an event they cannot read), not only when the time is up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.read_models.wait(position, timeout=1.0):
+                    return True, None
+            except Exception as failure:
+                return False, f"{type(failure).__name__}: {failure}"
+            error = getattr(self.read_models, "last_error", None)
+            if error or time.monotonic() >= deadline:
+                return False, error
 
     def _changed_since(self, ledger: PeriodLedger) -> bool:
         return bool(self.app.recorder.select_events(ledger.originator_id,

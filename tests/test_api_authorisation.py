@@ -69,8 +69,7 @@ def test_every_role_gets_exactly_what_its_role_allows(world):
                 surprises.append((role, method, path, answer.status_code, answer.text))
             if not allowed and answer.status_code != 403:
                 surprises.append((role, method, path, answer.status_code, "expected 403"))
-            # 503 only while projections.reconciliation has not landed
-            if allowed and answer.status_code >= 500 and "not available yet" not in answer.text:
+            if allowed and answer.status_code >= 500:
                 surprises.append((role, method, path, answer.status_code, answer.text))
     assert surprises == []
 

@@ -7,8 +7,6 @@ writes. `?consistency=eventual` skips the wait.
 
 from __future__ import annotations
 
-from litestar.exceptions import HTTPException
-
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -32,6 +30,7 @@ from billing_domain.errors import InvalidInput, NotAuthorised, NotFound
 from billing_domain.group_commit import GroupCommitter
 from billing_domain.identity import Principal
 from billing_domain.usage import UsageInput, iso
+from projections.reconciliation import reconcile
 
 READ_WAIT_SECONDS = 5.0
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -331,15 +330,12 @@ def invoice_lineage(request: Request[Any, Any, Any], invoice_id: str, line: int,
      summary="Raw events, replay, projections and issued invoices compared")
 def reconciliation(request: Request[Any, Any, Any], period: str, caller: Principal,
                    customer_id: str | None = None) -> dict[str, Any]:
-    """`ok` is false when anything disagrees; every mismatch is listed with its cause."""
-    try:  # written by the reconciliation engineer; absent until it lands
-        from projections.reconciliation import reconcile
-    except ImportError:
-        raise HTTPException(status_code=503, detail="reconciliation is not available yet") from None
-
+    """`ok` is false when anything disagrees; every mismatch is listed with its cause
+    (tampering, partial_write, duplicate_event_id, clock_drift, schema_drift, logic_drift,
+    projection_behind, unexplained), and `meters` compares each customer's meters across the
+    raw events, the replay, the read models and the issued invoice."""
     services = _services(request)
     check_period(period)
-    _fresh(services, None)
     return reconcile(services, period=period, customer_id=customer_id)
 
 
