@@ -89,7 +89,7 @@ def record_payload_hash(record: list[Any]) -> str:
                                    properties))
 
 
-@dataclass
+@dataclass(slots=True)
 class UsageSeen:
     """A usage record as stored, with where it is."""
 
@@ -105,7 +105,7 @@ class UsageSeen:
     billed: bool
 
 
-@dataclass
+@dataclass(slots=True)
 class CorrectionSeen:
     kind: str  # compensation | adjustment
     key: str
