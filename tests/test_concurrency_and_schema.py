@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from uuid import UUID
@@ -50,12 +51,16 @@ def test_an_account_stored_before_late_usage_policies_still_loads(app):
 
 
 def test_processes_starting_together_on_an_empty_store_all_start(database_url):
-    code = ("import sys; from billing_domain.application import BillingApplication; "
+    # Each process imports first, then waits for the same instant, so the table creation
+    # (events, keys, snapshots) of all of them overlaps.
+    code = ("import sys, time; from billing_domain.application import BillingApplication; "
             "from billing_domain.settings import Settings; "
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); "
             "BillingApplication(Settings(database_url=sys.argv[1])).close(); print('started')")
-    starting = [subprocess.Popen([sys.executable, "-c", code, database_url], cwd=ROOT,
+    at = str(time.time() + 3.0)
+    starting = [subprocess.Popen([sys.executable, "-c", code, database_url, at], cwd=ROOT,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for _ in range(4)]
+                for _ in range(6)]
     for process in starting:
         out, err = process.communicate(timeout=120)
         assert process.returncode == 0, err[-2000:]

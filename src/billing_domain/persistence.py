@@ -14,7 +14,11 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.postgres import (
+    PostgresAggregateRecorder,
+    PostgresApplicationRecorder,
+    PostgresFactory,
+)
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 from psycopg import Cursor
 from psycopg.rows import DictRow
@@ -43,7 +47,31 @@ def _key_row(r: Any, originator_id: UUID) -> KeyRow:
                   int(r["originator_version"]), r["meter"], r["quantity"])
 
 
-class PostgresBillingRecorder(PostgresApplicationRecorder):
+class _SerialisedCreateTable:
+    """Processes starting together (the API and the worker) race on CREATE TABLE IF NOT
+    EXISTS ("pg_type_typname_nsp_index") and CREATE OR REPLACE FUNCTION ("tuple concurrently
+    updated"): tables are created one process at a time, under an advisory lock."""
+
+    datastore: Any
+
+    def create_table(self) -> None:
+        with self.datastore.get_connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(hashtext('billing.create_table'))")
+            try:
+                super().create_table()  # type: ignore[misc]
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext('billing.create_table'))")
+
+
+class PostgresSnapshotRecorder(_SerialisedCreateTable, PostgresAggregateRecorder):
+    """The snapshots table's recorder."""
+
+
+class PostgresBillingFactory(PostgresFactory):
+    aggregate_recorder_class = PostgresSnapshotRecorder
+
+
+class PostgresBillingRecorder(_SerialisedCreateTable, PostgresApplicationRecorder):
     def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
         super().__init__(datastore, events_table_name=events_table_name)
         self.keys_table_name = events_table_name.replace("_events", "") + "_keys"
@@ -77,16 +105,6 @@ class PostgresBillingRecorder(PostgresApplicationRecorder):
             "FROM json_array_elements(%s::json) AS e) AS q "
             "ON k.customer_id = q.c AND k.key = q.k2 WHERE k.kind = %s"
         ).format(table=table)
-
-    def create_table(self) -> None:
-        # Processes starting together (the API and the worker) would race on CREATE OR
-        # REPLACE FUNCTION ("tuple concurrently updated"): one at a time, across processes.
-        with self.datastore.get_connection() as conn:
-            conn.execute("SELECT pg_advisory_lock(hashtext('billing.create_table'))")
-            try:
-                super().create_table()
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(hashtext('billing.create_table'))")
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any

@@ -75,7 +75,7 @@ class Settings:
         if url.scheme in ("postgresql", "postgres"):
             query = parse_qs(url.query)
             env.update(
-                PERSISTENCE_MODULE="eventsourcing.postgres",
+                PERSISTENCE_MODULE="billing_domain.persistence:PostgresBillingFactory",
                 POSTGRES_DBNAME=unquote(url.path.lstrip("/")) or "postgres",
                 POSTGRES_HOST=url.hostname or "127.0.0.1",
                 POSTGRES_PORT=str(url.port or 5432),
