@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from api.bootstrap import Services, build
 from api.cli import main as cli
+from billing_domain.errors import CompensationExceedsUsage
 from billing_domain.ids import invoice_id
 from billing_domain.pricing import Charge
 from projections.reconciliation import reconcile, verify
@@ -268,3 +271,45 @@ def test_cli_audit_lists_who_did_what(world, database_url):
     assert none.exit_code == 0 and none.output == ""
     bad = _cli(database_url, "audit", "--since", "yesterday")
     assert bad.exit_code == 2 and "RFC 3339" in bad.output
+
+
+_customers = iter(range(10**6))
+operations = st.lists(st.one_of(
+    st.tuples(st.just("usage"), st.integers(0, 30), st.integers(1, 900), st.integers(1, 28)),
+    st.tuples(st.just("retry"), st.integers(0, 30)),
+    st.tuples(st.just("compensate"), st.integers(0, 30), st.integers(1, 5)),
+    st.tuples(st.just("adjust"), st.integers(-50, 50)),
+    st.tuples(st.just("close"),),
+), min_size=1, max_size=30)
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=operations, policy=st.sampled_from(["carry_forward", "restate"]))
+def test_any_history_written_by_the_application_reconciles_clean(world, steps, policy):
+    """Ingest, retries, compensations, adjustments, a close and late usage in any order:
+    the four views agree and every issued digest verifies."""
+    app = world.app
+    cid = customer(app, f"prop-{next(_customers)}", policy=policy)
+    sent: dict[int, Any] = {}
+    for n, step in enumerate(steps):
+        if step[0] == "usage" and step[1] not in sent:
+            sent[step[1]] = usage(f"u{step[1]}", step[2], at(step[3]), cid)
+            app.record_usage([sent[step[1]]])
+        elif step[0] == "retry" and step[1] in sent:
+            assert app.record_usage([sent[step[1]]])[0].status == "duplicate"
+        elif step[0] == "compensate" and step[1] in sent:
+            try:
+                app.compensate(cid, f"u{step[1]}", f"c{n}", Decimal(step[2]), "correction")
+            except CompensationExceedsUsage:
+                pass
+        elif step[0] == "adjust":
+            app.adjust(cid, f"a{n}", "api_calls", Decimal(step[1]), at(20), "manual")
+        elif step[0] == "close":
+            app.close_period(cid, "2026-10")
+    for period in ("2026-10", "2026-11"):
+        report = reconcile(world, period, customer_id=cid)
+        assert report["findings"] == [] and report["ok"] is True, report["findings"]
+        if period == "2026-10":
+            assert report["checked"]["records"] == len(sent)  # late ones included
+    assert verify(app)["ok"] is True
