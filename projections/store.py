@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from billing_domain.persistence import set_wal_mode
 from billing_domain.settings import Settings
 
 
@@ -98,7 +99,7 @@ class SQLiteViewStore(ViewStore):
                                check_same_thread=False)
         conn.row_factory = sqlite3.Row
         if not self.uri:
-            conn.execute("PRAGMA journal_mode=WAL")
+            set_wal_mode(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         with self._lock:
             self._all.append(conn)

@@ -55,7 +55,7 @@ from billing_domain.identity import (
 )
 from billing_domain.ids import customer_uuid, emitter_uuid, invoice_id, key_uuid, period_uuid, plan_uuid
 from billing_domain.period import BillingPeriod
-from billing_domain.persistence import KeyRow
+from billing_domain.persistence import KeyRow, prepare_sqlite_file
 from billing_domain.plan import Plan
 from billing_domain.pricing import Charge, check_currency, parse_charges
 from billing_domain.settings import Settings
@@ -131,7 +131,10 @@ class BillingApplication(Application[UUID]):
         self.clock = clock or (lambda: datetime.now(UTC))
         self._charges: dict[tuple[str, int], tuple[Charge, ...]] = {}
         self.last_position = 0  # the newest log position this process has written
-        super().__init__(env=self.settings.eventsourcing_env())
+        env = self.settings.eventsourcing_env()
+        if "SQLITE_DBNAME" in env:
+            prepare_sqlite_file(env["SQLITE_DBNAME"])
+        super().__init__(env=env)
 
     def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
         recordings = super()._record(processing_event)

@@ -8,6 +8,8 @@ the application then re-reads the keys and answers duplicate or conflict.
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +42,32 @@ class KeyRow:
 def _rows(keys: Iterable[KeyRow]) -> list[KeyRow]:
     # A fixed order means two writers never wait on each other's keys in opposite orders.
     return sorted(keys, key=lambda k: (k.customer_id, k.kind, k.key))
+
+
+def set_wal_mode(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
+    """Put a SQLite database in WAL mode. Switching needs a moment alone with the file, and
+    processes opening a new store together get "database is locked" at once rather than
+    waiting: retry until the switch is made (once made, it is a no-op for everyone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def prepare_sqlite_file(path: str) -> None:
+    """Create the store's file in WAL mode before the event store's recorders open it."""
+    if path.startswith("file:"):
+        return
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        set_wal_mode(conn)
+    finally:
+        conn.close()
 
 
 def _key_row(r: Any, originator_id: UUID) -> KeyRow:
