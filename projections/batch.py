@@ -3,13 +3,11 @@ arithmetic on the per-meter totals its rows hold."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-from billing_domain.usage import DIGEST_MODULUS, _part, new_totals
+from billing_domain.usage import DIGEST_MODULUS, new_totals
 from projections.base import dec
 from projections.store import Cursor
 
@@ -35,18 +33,6 @@ def add_totals(into: dict[str, Any], delta: dict[str, Any]) -> None:
             values[value] = left
         else:
             values.pop(value, None)
-
-
-def record_hashes(records: list[list[Any]], received_at: str, emitter: str,
-                  key_id: str) -> Iterator[int]:
-    """`usage_item_hash` of each record, with the shared parts joined once (the hot path of a
-    rebuild); the digest-equals-replay tests hold it to the domain's definition."""
-    tail = f"\x1f{received_at}\x1f{emitter}\x1f{key_id}".encode()
-    sha256, from_bytes = hashlib.sha256, int.from_bytes
-    for event_id, submitted, meter, quantity, occurred, properties in records:
-        head = "\x1f".join(("usage", event_id, submitted, meter, quantity, occurred,
-                            _part(properties)))
-        yield from_bytes(sha256(head.encode() + tail).digest(), "big")
 
 
 def plan_for(subscriptions: list[dict[str, Any]], period: str) -> tuple[str, int] | None:

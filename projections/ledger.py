@@ -16,7 +16,6 @@ from typing import Any
 
 from billing_domain.ids import invoice_id
 from billing_domain.invoicing import carried_lines, total_of, usage_lines
-from billing_domain.period import BillingPeriod
 from billing_domain.pricing import Charge, parse_charges
 from billing_domain.usage import (
     DIGEST_MODULUS,
@@ -25,6 +24,7 @@ from billing_domain.usage import (
     digest_text,
     tracked_value,
 )
+from billing_domain.verification import adjustment_hash, compensation_hash, usage_hashes
 from projections.base import Projection, dec, dumps, stamp
 from projections.batch import (
     BILLED,
@@ -34,7 +34,6 @@ from projections.batch import (
     BatchState,
     add_totals,
     plan_for,
-    record_hashes,
 )
 from projections.store import Cursor
 
@@ -159,7 +158,7 @@ class InvoicesProjection(Projection):
         billed = e.treatment != CARRIED
         kind = BILLED if billed else LATE
         by_meter: dict[str, dict[str, Any]] = {}
-        hashes = record_hashes(e.records, e.received_at, e.emitter, e.key_id) if billed else None
+        hashes = usage_hashes(e.records, e.received_at, e.emitter, e.key_id) if billed else None
         for record in e.records:
             meter = record[2]
             delta = by_meter.get(meter)
@@ -217,7 +216,7 @@ class InvoicesProjection(Projection):
         if billed:
             compensate_record(totals, e.quantity, net_before=net_before, value_before=before,
                               value_after=after)
-            b.accumulate(row, BillingPeriod._compensation_hash(
+            b.accumulate(row, compensation_hash(
                 e.compensation_id, e.event_id, e.submitted_customer_id, e.meter, e.quantity,
                 e.reason, e.received_at, e.actor), delta=delta)
             b.touched.add((customer_id, period))
@@ -233,7 +232,7 @@ class InvoicesProjection(Projection):
         if billed:
             b.meter(customer_id, period, e.meter, e.aggregation, e.field)["adjustment"] += \
                 e.quantity
-            b.accumulate(row, BillingPeriod._adjustment_hash(
+            b.accumulate(row, adjustment_hash(
                 e.adjustment_id, e.meter, e.quantity, e.occurred_at, e.reason, e.received_at,
                 e.actor), delta=delta)
             b.touched.add((customer_id, period))

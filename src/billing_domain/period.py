@@ -23,12 +23,14 @@ from billing_domain.usage import (
     new_totals,
     tracked_value,
 )
-from billing_domain.verification import adjustment_hash, compensation_hash, usage_hash
+from billing_domain.verification import (
+    adjustment_hash,
+    compensation_hash,
+    usage_hash,
+    usage_hashes,
+)
 
 CARRIED_FORWARD = "carried_forward"
-
-
-usage_item_hash = usage_hash
 
 
 class BillingPeriod(Aggregate):
@@ -84,6 +86,7 @@ class BillingPeriod(Aggregate):
                      meters: dict[str, list[Any]], records: list[list[Any]]) -> None:
         """Records [event_id, submitted_customer_id, meter, quantity, occurred_at, properties]."""
         billed = treatment != CARRIED_FORWARD
+        hashes = usage_hashes(records, received_at, emitter, key_id) if billed else None
         for record in records:
             event_id, _submitted, meter, quantity_text, _occurred, properties = record
             quantity = Decimal(quantity_text)
@@ -92,7 +95,7 @@ class BillingPeriod(Aggregate):
             add_record(self.known[meter], quantity, value)
             if billed:
                 add_record(self.billed[meter], quantity, value)
-                self._accumulate(usage_item_hash(record, received_at, emitter, key_id))
+                self._accumulate(next(hashes))  # type: ignore[arg-type]
             else:
                 self.carried_ids[event_id] = True
         self.record_count += len(records)
@@ -106,7 +109,7 @@ class BillingPeriod(Aggregate):
         sources: dict[str, list[list[Any]]] = {}
         for record in records:
             sources.setdefault(record[2], []).append(
-                ["usage", record[0], f"{usage_item_hash(record, received_at, emitter, key_id):064x}"]
+                ["usage", record[0], f"{usage_hash(record, received_at, emitter, key_id):064x}"]
             )
         return self._marginal(before, sources)
 
@@ -168,10 +171,8 @@ class BillingPeriod(Aggregate):
                          original_quantity, properties, reason, actor, received_at, treatment)
         if treatment != CARRIED_FORWARD:
             return []
-        source = ["compensation", compensation_id, f"{self._compensation_hash(compensation_id, event_id, submitted_customer_id, meter, quantity, reason, received_at, actor):064x}"]
+        source = ["compensation", compensation_id, f"{compensation_hash(compensation_id, event_id, submitted_customer_id, meter, quantity, reason, received_at, actor):064x}"]
         return self._marginal(before, {meter: [source]})
-
-    _compensation_hash = staticmethod(compensation_hash)
 
     @event("UsageCompensated")
     def _compensate(self, compensation_id: str, event_id: str, submitted_customer_id: str,
@@ -191,7 +192,7 @@ class BillingPeriod(Aggregate):
             )
         self.compensated[event_id] = self.compensated.get(event_id, ZERO) + quantity
         if in_billed:
-            self._accumulate(self._compensation_hash(
+            self._accumulate(compensation_hash(
                 compensation_id, event_id, submitted_customer_id, meter, quantity, reason,
                 received_at, actor))
 
@@ -204,10 +205,8 @@ class BillingPeriod(Aggregate):
                      treatment, aggregation, field)
         if treatment != CARRIED_FORWARD:
             return []
-        source = ["adjustment", adjustment_id, f"{self._adjustment_hash(adjustment_id, meter, quantity, occurred_at, reason, received_at, actor):064x}"]
+        source = ["adjustment", adjustment_id, f"{adjustment_hash(adjustment_id, meter, quantity, occurred_at, reason, received_at, actor):064x}"]
         return self._marginal(before, {meter: [source]})
-
-    _adjustment_hash = staticmethod(adjustment_hash)
 
     @event("UsageAdjusted")
     def _adjust(self, adjustment_id: str, meter: str, quantity: Decimal, occurred_at: datetime,
@@ -217,7 +216,7 @@ class BillingPeriod(Aggregate):
         self.known[meter]["adjustment"] += quantity
         if treatment != CARRIED_FORWARD:
             self.billed[meter]["adjustment"] += quantity
-            self._accumulate(self._adjustment_hash(adjustment_id, meter, quantity, occurred_at,
+            self._accumulate(adjustment_hash(adjustment_id, meter, quantity, occurred_at,
                                                    reason, received_at, actor))
 
     # Invoices ------------------------------------------------------------------------------
