@@ -8,7 +8,6 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -92,25 +91,6 @@ def alter_usage_quantity(settings: Settings, event_id: str, quantity: str) -> st
                     t.write_state(originator_id, version, state)
                     return str(before)
     raise LookupError(f"no stored usage record {event_id!r}")
-
-
-def alter_issued_amount(settings: Settings, customer_id: str, period: str, meter: str,
-                        amount: str) -> None:
-    """Rewrite an issued revision's line amount and total, as older pricing code would
-    have issued them."""
-    with event_tables(settings) as t:
-        pid = t._id(period_uuid(customer_id, period))
-        for originator_id, version, state in t.rows("Closed"):
-            if originator_id != pid:
-                continue
-            for line in state["lines"]:
-                if line["meter"] == meter and line["kind"] == "usage":
-                    line["amount"] = amount
-            total = sum((Decimal(line["amount"]) for line in state["lines"]), Decimal(0))
-            state["total"] = str(total)
-            t.write_state(originator_id, version, state)
-            return
-    raise LookupError(f"no issued revision for {customer_id} {period}")
 
 
 def usage_state(records: list[list[Any]], received_at: str, meters: dict[str, list[Any]],

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from api.bootstrap import Services, build
+from api.commands_service import when
 from billing_domain.application import check_period
 from billing_domain.errors import BillingError
 from billing_domain.usage import iso
@@ -40,15 +41,7 @@ def _period(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
 
 
 def _moment(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter("must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z") from None
-    if moment.tzinfo is None:
-        raise click.BadParameter("needs a UTC offset, e.g. 2026-11-01T00:00:00Z")
-    return moment
+    return when(value)
 
 
 @contextmanager

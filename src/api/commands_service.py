@@ -29,10 +29,14 @@ def _services() -> Services:
     return build()
 
 
-def _when(text: str | None) -> datetime | None:
+def when(text: str | None) -> datetime | None:
+    """An RFC 3339 time given on the command line, with its UTC offset."""
     if text is None:
         return None
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter("must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z") from None
     if moment.tzinfo is None:
         raise click.BadParameter("needs a UTC offset, e.g. 2026-11-01T00:00:00Z")
     return moment
@@ -130,8 +134,8 @@ def add_grant(emitter_id: str, customer_id: str, meters: tuple[str, ...],
     """Grant an emitter a customer and meters within an optional window."""
     services = _services()
     try:
-        grant = services.app.grant(emitter_id, customer_id, list(meters), _when(valid_from),
-                                   _when(valid_until))
+        grant = services.app.grant(emitter_id, customer_id, list(meters), when(valid_from),
+                                   when(valid_until))
     except BillingError as error:
         _fail(error)
     finally:
