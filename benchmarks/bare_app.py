@@ -3,6 +3,7 @@
 It is the ceiling for the real ingest endpoint: HTTP parsing, pydantic validation and JSON
 serialisation on one uvicorn worker, with no storage at all.
 """
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -14,7 +15,7 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 
 def _require_string(value: object) -> object:
     if not isinstance(value, str):
-        raise ValueError("quantity must be a decimal string, e.g. \"1.5\"")
+        raise ValueError('quantity must be a decimal string, e.g. "1.5"')
     return value
 
 

@@ -1,4 +1,5 @@
 """Helpers shared by the benchmark scripts: statistics, result tables, memory, local servers, DSN."""
+
 from __future__ import annotations
 
 import http.client
@@ -35,6 +36,7 @@ def log(message: str) -> None:
 
 # --- statistics -----------------------------------------------------------------------------
 
+
 def median_of(runs: Sequence[float]) -> float:
     if not runs:
         raise ValueError("median_of() needs at least one run")
@@ -61,6 +63,7 @@ def latency_percentiles(latencies: Sequence[float]) -> dict[str, float]:
 
 # --- memory ---------------------------------------------------------------------------------
 
+
 def peak_rss_self_kib() -> int:
     """Peak resident set size of this process (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -85,6 +88,7 @@ def peak_rss_pid_kib(pid: int) -> int | None:
 
 # --- output ---------------------------------------------------------------------------------
 
+
 def _cell(value: object, fmt: str | None) -> str:
     if value is None:
         return "-"
@@ -104,23 +108,38 @@ def format_table(rows: Sequence[Row], formats: Mapping[str, str] | None = None) 
     formats = formats or {}
     keys = list(rows[0].keys())
     cells = [[_cell(row.get(k), formats.get(k)) for k in keys] for row in rows]
-    numeric = [all(isinstance(row.get(k), (int, float)) or row.get(k) is None for row in rows) for k in keys]
+    numeric = [
+        all(isinstance(row.get(k), (int, float)) or row.get(k) is None for row in rows)
+        for k in keys
+    ]
     widths = [max(len(k), *(len(line[i]) for line in cells)) for i, k in enumerate(keys)]
 
     def render(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w)
-                         for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ).rstrip()
 
     lines = [render(keys), render(["-" * w for w in widths])]
     lines.extend(render(line) for line in cells)
     return "\n".join(lines)
 
 
-def print_report(title: str, tables: Mapping[str, Sequence[Row]], meta: Mapping[str, object], *,
-                 as_json: bool = False, formats: Mapping[str, str] | None = None) -> None:
+def print_report(
+    title: str,
+    tables: Mapping[str, Sequence[Row]],
+    meta: Mapping[str, object],
+    *,
+    as_json: bool = False,
+    formats: Mapping[str, str] | None = None,
+) -> None:
     """Print named tables plus metadata, as aligned text or (as_json) as one JSON document."""
     if as_json:
-        doc = {"benchmark": title, "meta": dict(meta), **{k: [dict(r) for r in v] for k, v in tables.items()}}
+        doc = {
+            "benchmark": title,
+            "meta": dict(meta),
+            **{k: [dict(r) for r in v] for k, v in tables.items()},
+        }
         print(json.dumps(doc, indent=2, default=str))
         return
     print(f"== {title} ==")
@@ -134,6 +153,7 @@ def print_report(title: str, tables: Mapping[str, Sequence[Row]], meta: Mapping[
 
 # --- local servers --------------------------------------------------------------------------
 
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -141,8 +161,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http_request(port: int, method: str, path: str, body: bytes | None = None,
-                 headers: Mapping[str, str] | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
+) -> tuple[int, bytes]:
     """One HTTP request to 127.0.0.1:port (never proxied, never another host)."""
     conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
     try:
@@ -161,22 +187,30 @@ def _tail(path: Path, limit: int = 4000) -> str:
 
 
 @contextmanager
-def running_server(cmd: Sequence[str], port: int, *, timeout: float = 30.0,
-                   env: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def running_server(
+    cmd: Sequence[str], port: int, *, timeout: float = 30.0, env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start `cmd` (cwd = repo root), wait until GET /health on 127.0.0.1:port answers 200,
     yield the process, then stop it (SIGTERM, then SIGKILL). Raises RuntimeError with the
     server's output if it exits early or is not healthy within `timeout` seconds."""
     with tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False) as out:
         log_path = Path(out.name)
-        proc = subprocess.Popen(list(cmd), cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     try:
         deadline = time.monotonic() + timeout
         last_error = "no answer yet"
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited with code {proc.returncode} before becoming healthy: "
-                                   f"{' '.join(cmd)}\n{_tail(log_path)}")
+                raise RuntimeError(
+                    f"server exited with code {proc.returncode} before becoming healthy: "
+                    f"{' '.join(cmd)}\n{_tail(log_path)}"
+                )
             try:
                 status, _ = http_request(port, "GET", "/health", timeout=1.0)
                 if status == 200:
@@ -185,8 +219,10 @@ def running_server(cmd: Sequence[str], port: int, *, timeout: float = 30.0,
             except OSError as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             if time.monotonic() > deadline:
-                raise RuntimeError(f"server not healthy after {timeout:.0f}s ({last_error}): "
-                                   f"{' '.join(cmd)}\n{_tail(log_path)}")
+                raise RuntimeError(
+                    f"server not healthy after {timeout:.0f}s ({last_error}): "
+                    f"{' '.join(cmd)}\n{_tail(log_path)}"
+                )
             time.sleep(0.1)
         yield proc
     finally:

@@ -6,6 +6,7 @@ the previous batch's events, and every 10th single request repeats the one befor
 The raw PostgreSQL COPY baseline and the bare endpoint are measured in the same run, so the
 ratios hold on a noisy machine. Every figure is the median of --runs runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,18 +38,40 @@ from benchmarks.common import (
 from benchmarks.loadgen import choose_generator, run_load
 
 CUSTOMERS = 100
-PLAN = {"plan_id": "bench", "currency": "USD", "charges": [
-    {"meter": "api_calls", "aggregation": "sum", "model": "graduated",
-     "tiers": [{"up_to": 100000, "unit_amount": "0.001"},
-               {"up_to": None, "unit_amount": "0.0005", "flat_amount": "10"}]}]}
+PLAN = {
+    "plan_id": "bench",
+    "currency": "USD",
+    "charges": [
+        {
+            "meter": "api_calls",
+            "aggregation": "sum",
+            "model": "graduated",
+            "tiers": [
+                {"up_to": 100000, "unit_amount": "0.001"},
+                {"up_to": None, "unit_amount": "0.0005", "flat_amount": "10"},
+            ],
+        }
+    ],
+}
 
 
-def _call(port: int, method: str, path: str, key: str, body: Any = None,
-          expect: tuple[int, ...] = (200, 201, 202), timeout: float = 60.0) -> Any:
-    status, payload = http_request(port, method, path,
-                                   None if body is None else json.dumps(body).encode(),
-                                   {"Authorization": f"Bearer {key}",
-                                    "Content-Type": "application/json"}, timeout=timeout)
+def _call(
+    port: int,
+    method: str,
+    path: str,
+    key: str,
+    body: Any = None,
+    expect: tuple[int, ...] = (200, 201, 202),
+    timeout: float = 60.0,
+) -> Any:
+    status, payload = http_request(
+        port,
+        method,
+        path,
+        None if body is None else json.dumps(body).encode(),
+        {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        timeout=timeout,
+    )
     if status not in expect:
         raise RuntimeError(f"{method} {path} answered {status}: {payload[:500]!r}")
     return json.loads(payload) if payload else None
@@ -57,35 +80,63 @@ def _call(port: int, method: str, path: str, key: str, body: Any = None,
 def setup_customers(port: int, key: str) -> None:
     _call(port, "POST", "/v1/plans", key, PLAN)
     for i in range(CUSTOMERS):
-        _call(port, "POST", "/v1/customers", key, {"customer_id": f"cust-{i}", "name": f"Customer {i}"})
-        _call(port, "PUT", f"/v1/customers/cust-{i}/subscription", key,
-              {"plan_id": "bench", "effective_from": "2026-01"})
+        _call(
+            port,
+            "POST",
+            "/v1/customers",
+            key,
+            {"customer_id": f"cust-{i}", "name": f"Customer {i}"},
+        )
+        _call(
+            port,
+            "PUT",
+            f"/v1/customers/cust-{i}/subscription",
+            key,
+            {"plan_id": "bench", "effective_from": "2026-01"},
+        )
 
 
 def batch_events(label: str, client: int, number: int, occurred_at: str) -> list[dict[str, Any]]:
-    fresh = [{"event_id": f"{label}-{client}-{number}-{i}", "customer_id": f"cust-{(client * 7 + i) % CUSTOMERS}",
-              "meter": "api_calls", "quantity": "1.5", "occurred_at": occurred_at,
-              "properties": {"region": "eu-west-1"}} for i in range(1000)]
+    fresh = [
+        {
+            "event_id": f"{label}-{client}-{number}-{i}",
+            "customer_id": f"cust-{(client * 7 + i) % CUSTOMERS}",
+            "meter": "api_calls",
+            "quantity": "1.5",
+            "occurred_at": occurred_at,
+            "properties": {"region": "eu-west-1"},
+        }
+        for i in range(1000)
+    ]
     if number == 0:
         return fresh
     retried = batch_events(label, client, number - 1, occurred_at)[:100]
     return fresh[:900] + retried
 
 
-def run_batches(port: int, key: str, label: str, clients: int, batches: int,
-                occurred_at: str) -> dict[str, Any]:
+def run_batches(
+    port: int, key: str, label: str, clients: int, batches: int, occurred_at: str
+) -> dict[str, Any]:
     latencies: list[float] = []
     counts = {"accepted": 0, "duplicate": 0, "other": 0}
     lock = threading.Lock()
-    bodies = {(c, b): json.dumps({"events": batch_events(label, c, b, occurred_at)}).encode()
-              for c in range(clients) for b in range(batches)}
+    bodies = {
+        (c, b): json.dumps({"events": batch_events(label, c, b, occurred_at)}).encode()
+        for c in range(clients)
+        for b in range(batches)
+    }
 
     def client(c: int) -> None:
         for b in range(batches):
             started = time.perf_counter()
-            status, payload = http_request(port, "POST", "/v1/usage/batch", bodies[(c, b)],
-                                           {"Authorization": f"Bearer {key}",
-                                            "Content-Type": "application/json"}, timeout=120)
+            status, payload = http_request(
+                port,
+                "POST",
+                "/v1/usage/batch",
+                bodies[(c, b)],
+                {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+                timeout=120,
+            )
             elapsed = time.perf_counter() - started
             if status != 200:
                 raise RuntimeError(f"batch answered {status}: {payload[:300]!r}")
@@ -104,8 +155,14 @@ def run_batches(port: int, key: str, label: str, clients: int, batches: int,
     elapsed = time.perf_counter() - started
     events = clients * batches * 1000
     pct = latency_percentiles(latencies)
-    return {"events": events, "seconds": elapsed, "events_per_s": events / elapsed,
-            "p50_ms": pct["p50"] * 1e3, "p99_ms": pct["p99"] * 1e3, **counts}
+    return {
+        "events": events,
+        "seconds": elapsed,
+        "events_per_s": events / elapsed,
+        "p50_ms": pct["p50"] * 1e3,
+        "p99_ms": pct["p99"] * 1e3,
+        **counts,
+    }
 
 
 def store_url(store: str, workdir: Path) -> tuple[str, Any]:
@@ -130,19 +187,33 @@ def measure_store(store: str, args: argparse.Namespace, generator: str) -> dict[
         port = free_port()
         env = {"BILLING_DATABASE_URL": url, "BILLING_ADMIN_KEY": key}
         try:
-            with running_server(["billing", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                port, env=env, timeout=60) as server:
+            with running_server(
+                ["billing", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                port,
+                env=env,
+                timeout=60,
+            ) as server:
                 setup_customers(port, key)
                 batch_runs, single_runs = [], []
                 for run in range(1, args.runs + 1):
                     log(f"{store}: batch run {run}/{args.runs}")
-                    batch_runs.append(run_batches(port, key, f"b{run}", args.batch_clients,
-                                                  args.batches, occurred_at))
+                    batch_runs.append(
+                        run_batches(
+                            port, key, f"b{run}", args.batch_clients, args.batches, occurred_at
+                        )
+                    )
                     log(f"{store}: single-event run {run}/{args.runs}")
-                    single = run_load(port, duration=args.duration, concurrency=args.concurrency,
-                                      label=f"s{run}", generator=generator,
-                                      headers={"Authorization": f"Bearer {key}"},
-                                      customers=CUSTOMERS, occurred_at=occurred_at, dup_every=10)
+                    single = run_load(
+                        port,
+                        duration=args.duration,
+                        concurrency=args.concurrency,
+                        label=f"s{run}",
+                        generator=generator,
+                        headers={"Authorization": f"Bearer {key}"},
+                        customers=CUSTOMERS,
+                        occurred_at=occurred_at,
+                        dup_every=10,
+                    )
                     single_runs.append(single)
                 rss = peak_rss_pid_kib(server.pid)
         finally:
@@ -179,20 +250,29 @@ def main() -> None:
     log("baseline: raw PostgreSQL COPY")
     copy_rate = measure_copy_baseline(rows=50_000, runs=args.runs)
     log("baseline: bare litestar endpoint")
-    bare = measure_bare_endpoint(duration=args.duration, runs=args.runs,
-                                 concurrency=args.concurrency, generator=generator)
+    bare = measure_bare_endpoint(
+        duration=args.duration, runs=args.runs, concurrency=args.concurrency, generator=generator
+    )
     rows = [measure_store(store, args, generator) for store in args.stores.split(",")]
     for row in rows:
         row["batch_vs_copy"] = row["batch_events_per_s"] / copy_rate
         row["single_vs_bare"] = row["single_events_per_s"] / bare["median_requests_per_s"]
     print_report(
         "Ingest through billing serve (medians)",
-        {"ingest": rows,
-         "baselines": [{"baseline": "PostgreSQL binary COPY rows/s", "median": copy_rate},
-                       {"baseline": "bare endpoint requests/s", "median": bare["median_requests_per_s"]},
-                       {"baseline": "bare endpoint p99 ms", "median": bare["median_p99_ms"]}]},
-        {"runs": args.runs, "batch": f"{args.batch_clients} clients x {args.batches} x 1,000 events",
-         "single": f"{args.concurrency} clients x {args.duration}s", "load_generator": generator},
+        {
+            "ingest": rows,
+            "baselines": [
+                {"baseline": "PostgreSQL binary COPY rows/s", "median": copy_rate},
+                {"baseline": "bare endpoint requests/s", "median": bare["median_requests_per_s"]},
+                {"baseline": "bare endpoint p99 ms", "median": bare["median_p99_ms"]},
+            ],
+        },
+        {
+            "runs": args.runs,
+            "batch": f"{args.batch_clients} clients x {args.batches} x 1,000 events",
+            "single": f"{args.concurrency} clients x {args.duration}s",
+            "load_generator": generator,
+        },
         as_json=args.json,
     )
 

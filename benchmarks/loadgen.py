@@ -4,6 +4,7 @@ Both are closed-loop: `concurrency` keep-alive connections, each sending its nex
 as the previous answer arrived, for `duration` seconds and at most `max_requests` requests.
 Every request carries a unique event_id. The target host is always 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,12 +25,12 @@ DEFAULT_CUSTOMERS = 100
 @dataclass(frozen=True)
 class LoadResult:
     generator: str
-    requests: int          # answered requests (any status)
-    errors: int            # transport errors, timeouts and unexpected statuses
+    requests: int  # answered requests (any status)
+    errors: int  # transport errors, timeouts and unexpected statuses
     duration_s: float
     p50_ms: float
     p99_ms: float
-    capped: bool           # True if max_requests stopped the run early (then requests/s is understated)
+    capped: bool  # True if max_requests stopped the run early (then requests/s is understated)
 
     @property
     def requests_per_s(self) -> float:
@@ -39,15 +40,23 @@ class LoadResult:
 DEFAULT_OCCURRED_AT = "2025-01-15T12:00:00+00:00"
 
 
-def usage_body(prefix: str, worker: int, n: int, customers: int = DEFAULT_CUSTOMERS,
-               occurred_at: str = DEFAULT_OCCURRED_AT, dup_every: int = 0) -> bytes:
+def usage_body(
+    prefix: str,
+    worker: int,
+    n: int,
+    customers: int = DEFAULT_CUSTOMERS,
+    occurred_at: str = DEFAULT_OCCURRED_AT,
+    dup_every: int = 0,
+) -> bytes:
     """The request body; keep in step with wrk_usage.lua. Every `dup_every`-th request
     repeats the previous request's event (a client retry) when dup_every > 0."""
     if dup_every > 0 and n > 1 and n % dup_every == 0:
         n -= 1
-    return (f'{{"event_id":"{prefix}-{worker}-{n}","customer_id":"cust-{n % customers}","meter":"api_calls",'
-            f'"quantity":"1.5","occurred_at":"{occurred_at}",'
-            f'"properties":{{"region":"eu-west-1","status":200}}}}').encode()
+    return (
+        f'{{"event_id":"{prefix}-{worker}-{n}","customer_id":"cust-{n % customers}","meter":"api_calls",'
+        f'"quantity":"1.5","occurred_at":"{occurred_at}",'
+        f'"properties":{{"region":"eu-west-1","status":200}}}}'
+    ).encode()
 
 
 def wrk_available() -> bool:
@@ -65,21 +74,52 @@ def choose_generator(preference: str = "auto") -> str:
     return preference
 
 
-def run_load(port: int, *, duration: int, concurrency: int = 32, label: str = "bench",
-             path: str = "/v1/usage", generator: str = "auto", wrk_threads: int = 1,
-             max_requests: int | None = None, expect_status: int = 202,
-             headers: Mapping[str, str] | None = None, customers: int = DEFAULT_CUSTOMERS,
-             occurred_at: str = DEFAULT_OCCURRED_AT, dup_every: int = 0) -> LoadResult:
+def run_load(
+    port: int,
+    *,
+    duration: int,
+    concurrency: int = 32,
+    label: str = "bench",
+    path: str = "/v1/usage",
+    generator: str = "auto",
+    wrk_threads: int = 1,
+    max_requests: int | None = None,
+    expect_status: int = 202,
+    headers: Mapping[str, str] | None = None,
+    customers: int = DEFAULT_CUSTOMERS,
+    occurred_at: str = DEFAULT_OCCURRED_AT,
+    dup_every: int = 0,
+) -> LoadResult:
     """Load http://127.0.0.1:<port><path> with usage POSTs; `label` prefixes every event_id."""
     if duration <= 0 or concurrency <= 0:
         raise ValueError("duration and concurrency must be positive")
     cap = max_requests if max_requests is not None else duration * 100_000
     if choose_generator(generator) == "wrk":
-        return _run_wrk(port, path, duration, concurrency, label, wrk_threads, cap, headers or {},
-                        (customers, occurred_at, dup_every))
+        return _run_wrk(
+            port,
+            path,
+            duration,
+            concurrency,
+            label,
+            wrk_threads,
+            cap,
+            headers or {},
+            (customers, occurred_at, dup_every),
+        )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(_run_python(port, path, duration, concurrency, label, cap, expect_status,
-                                      headers or {}, (customers, occurred_at, dup_every)))
+        return runner.run(
+            _run_python(
+                port,
+                path,
+                duration,
+                concurrency,
+                label,
+                cap,
+                expect_status,
+                headers or {},
+                (customers, occurred_at, dup_every),
+            )
+        )
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -93,16 +133,42 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 # --- wrk ------------------------------------------------------------------------------------
 
-def _run_wrk(port: int, path: str, duration: int, concurrency: int, label: str, threads: int,
-             cap: int, headers: Mapping[str, str],
-             body: tuple[int, str, int] = (DEFAULT_CUSTOMERS, DEFAULT_OCCURRED_AT, 0)) -> LoadResult:
+
+def _run_wrk(
+    port: int,
+    path: str,
+    duration: int,
+    concurrency: int,
+    label: str,
+    threads: int,
+    cap: int,
+    headers: Mapping[str, str],
+    body: tuple[int, str, int] = (DEFAULT_CUSTOMERS, DEFAULT_OCCURRED_AT, 0),
+) -> LoadResult:
     threads = max(1, min(threads, concurrency))
     per_thread = max(1, cap // threads)
-    cmd = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{duration}s", "--timeout", "10s", "--latency",
-           "-s", str(WRK_SCRIPT)]
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{concurrency}",
+        f"-d{duration}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(WRK_SCRIPT),
+    ]
     for name, value in headers.items():
         cmd += ["-H", f"{name}: {value}"]
-    cmd += [f"http://{LOOPBACK}:{port}{path}", "--", label, str(per_thread), str(body[0]), body[1], str(body[2])]
+    cmd += [
+        f"http://{LOOPBACK}:{port}{path}",
+        "--",
+        label,
+        str(per_thread),
+        str(body[0]),
+        body[1],
+        str(body[2]),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
     if done.returncode != 0 or line is None:
@@ -110,13 +176,20 @@ def _run_wrk(port: int, path: str, duration: int, concurrency: int, label: str, 
     r = json.loads(line.removeprefix("BENCH_RESULT "))
     # wrk counts statuses >= 400 as errors; 2xx/3xx answers other than the expected one are not seen.
     errors = sum(v for k, v in r.items() if k.startswith("errors_"))
-    return LoadResult(generator=f"wrk (-t{threads})", requests=r["requests"], errors=errors,
-                      duration_s=r["duration_us"] / 1e6, p50_ms=r["p50_us"] / 1e3, p99_ms=r["p99_us"] / 1e3,
-                      # answers in flight when a thread stops are not counted
-                      capped=r["requests"] + concurrency >= per_thread * threads)
+    return LoadResult(
+        generator=f"wrk (-t{threads})",
+        requests=r["requests"],
+        errors=errors,
+        duration_s=r["duration_us"] / 1e6,
+        p50_ms=r["p50_us"] / 1e3,
+        p99_ms=r["p99_us"] / 1e3,
+        # answers in flight when a thread stops are not counted
+        capped=r["requests"] + concurrency >= per_thread * threads,
+    )
 
 
 # --- pure Python fallback -------------------------------------------------------------------
+
 
 @dataclass
 class _Tally:
@@ -144,9 +217,19 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     return status, keep_alive
 
 
-async def _client(worker: int, port: int, path: str, label: str, deadline: float, cap: int,
-                  expect_status: int, headers: bytes, latencies: list[float], tally: _Tally,
-                  body_args: tuple[int, str, int]) -> None:
+async def _client(
+    worker: int,
+    port: int,
+    path: str,
+    label: str,
+    deadline: float,
+    cap: int,
+    expect_status: int,
+    headers: bytes,
+    latencies: list[float],
+    tally: _Tally,
+    body_args: tuple[int, str, int],
+) -> None:
     writer: asyncio.StreamWriter | None = None
     reader: asyncio.StreamReader | None = None
     n = 0
@@ -154,8 +237,15 @@ async def _client(worker: int, port: int, path: str, label: str, deadline: float
         tally.issued += 1
         n += 1
         body = usage_body(label, worker, n, *body_args)
-        request = (f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Type: application/json\r\n"
-                   f"Content-Length: {len(body)}\r\n").encode() + headers + b"\r\n" + body
+        request = (
+            (
+                f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n"
+            ).encode()
+            + headers
+            + b"\r\n"
+            + body
+        )
         started = time.perf_counter()
         try:
             if writer is None or reader is None:
@@ -179,20 +269,49 @@ async def _client(worker: int, port: int, path: str, label: str, deadline: float
         writer.close()
 
 
-async def _run_python(port: int, path: str, duration: int, concurrency: int, label: str, cap: int,
-                      expect_status: int, headers: Mapping[str, str],
-                      body_args: tuple[int, str, int] = (DEFAULT_CUSTOMERS, DEFAULT_OCCURRED_AT, 0),
-                      ) -> LoadResult:
+async def _run_python(
+    port: int,
+    path: str,
+    duration: int,
+    concurrency: int,
+    label: str,
+    cap: int,
+    expect_status: int,
+    headers: Mapping[str, str],
+    body_args: tuple[int, str, int] = (DEFAULT_CUSTOMERS, DEFAULT_OCCURRED_AT, 0),
+) -> LoadResult:
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
     latencies: list[float] = []
     tally = _Tally()
     started = time.perf_counter()
     deadline = started + duration
-    await asyncio.gather(*(_client(w, port, path, label, deadline, cap, expect_status, extra,
-                                   latencies, tally, body_args) for w in range(concurrency)))
+    await asyncio.gather(
+        *(
+            _client(
+                w,
+                port,
+                path,
+                label,
+                deadline,
+                cap,
+                expect_status,
+                extra,
+                latencies,
+                tally,
+                body_args,
+            )
+            for w in range(concurrency)
+        )
+    )
     elapsed = time.perf_counter() - started
     pct = latency_percentiles(latencies) if latencies else {"p50": 0.0, "p99": 0.0}
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
-    return LoadResult(generator=f"python (asyncio streams, {loop_name} loop)", requests=len(latencies),
-                      errors=tally.errors, duration_s=elapsed, p50_ms=pct["p50"] * 1e3,
-                      p99_ms=pct["p99"] * 1e3, capped=tally.issued >= cap)
+    return LoadResult(
+        generator=f"python (asyncio streams, {loop_name} loop)",
+        requests=len(latencies),
+        errors=tally.errors,
+        duration_s=elapsed,
+        p50_ms=pct["p50"] * 1e3,
+        p99_ms=pct["p99"] * 1e3,
+        capped=tally.issued >= cap,
+    )

@@ -6,6 +6,7 @@ after it: what `billing close-periods` pays) and reading the invoice from the ag
 Read-model figures (balances, invoices at 1,000,000 records) and rebuild come from
 `benchmarks.projection_scale`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-
-from benchmarks.common import scratch_store, log, median_of, print_report
+from benchmarks.common import log, median_of, print_report, scratch_store
 from billing_domain.application import BillingApplication
 from billing_domain.settings import Settings
 from billing_domain.usage import UsageInput
@@ -29,17 +29,37 @@ PERIOD = "2026-10"
 def fill(url: str, records: int) -> float:
     app = BillingApplication(Settings(database_url=url), clock=lambda: NOW)
     app.open_customer("big", "Big Customer")
-    app.publish_plan("scale", "USD", [{"meter": "api_calls", "aggregation": "sum",
-                                       "model": "graduated",
-                                       "tiers": [{"up_to": 100000, "unit_amount": "0.001"},
-                                                 {"up_to": None, "unit_amount": "0.0005"}]}])
+    app.publish_plan(
+        "scale",
+        "USD",
+        [
+            {
+                "meter": "api_calls",
+                "aggregation": "sum",
+                "model": "graduated",
+                "tiers": [
+                    {"up_to": 100000, "unit_amount": "0.001"},
+                    {"up_to": None, "unit_amount": "0.0005"},
+                ],
+            }
+        ],
+    )
     app.subscribe("big", "scale", "2026-01")
     start = datetime(2026, 10, 1, tzinfo=UTC)
     began = time.perf_counter()
     for batch in range(records // 1000):
-        app.record_usage([UsageInput(f"e{batch}-{i}", "big", "api_calls", Decimal(1),
-                                     start + timedelta(seconds=batch * 2 + i // 500))
-                          for i in range(1000)])
+        app.record_usage(
+            [
+                UsageInput(
+                    f"e{batch}-{i}",
+                    "big",
+                    "api_calls",
+                    Decimal(1),
+                    start + timedelta(seconds=batch * 2 + i // 500),
+                )
+                for i in range(1000)
+            ]
+        )
         if batch % 100 == 99:
             log(f"  {(batch + 1) * 1000:,} records")
     elapsed = time.perf_counter() - began
@@ -56,12 +76,16 @@ def timed_in_fresh_process(url: str, action: str) -> float:
         f"app=BillingApplication(Settings(database_url={url!r}),"
         "clock=lambda:datetime(2026,11,24,12,tzinfo=UTC));"
         "t=time.perf_counter();"
-        + ("r=app.close_period('big','2026-10');" if action == "close" else
-           "r=app.invoice('big','2026-10');")
+        + (
+            "r=app.close_period('big','2026-10');"
+            if action == "close"
+            else "r=app.invoice('big','2026-10');"
+        )
         + "print(time.perf_counter()-t, r['total'], r['status'], r['lines'][0]['quantity'])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={**os.environ}).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ}
+    ).stdout.split()
     log(f"  {action}: {float(out[0]):.3f}s total={out[1]} status={out[2]} quantity={out[3]}")
     return float(out[0])
 
@@ -80,10 +104,21 @@ def main() -> None:
             rate = fill(url, args.records)
             reads = [timed_in_fresh_process(url, "invoice") for _ in range(args.runs)]
             close = timed_in_fresh_process(url, "close")
-            rows.append({"store": store, "records": args.records, "fill_records_per_s": rate,
-                         "cold_invoice_read_s": median_of(reads), "cold_close_s": close})
-    print_report("A period with many records: close and aggregate reads",
-                 {"period": rows}, {"runs": args.runs, "period": PERIOD}, as_json=args.json)
+            rows.append(
+                {
+                    "store": store,
+                    "records": args.records,
+                    "fill_records_per_s": rate,
+                    "cold_invoice_read_s": median_of(reads),
+                    "cold_close_s": close,
+                }
+            )
+    print_report(
+        "A period with many records: close and aggregate reads",
+        {"period": rows},
+        {"runs": args.runs, "period": PERIOD},
+        as_json=args.json,
+    )
 
 
 if __name__ == "__main__":

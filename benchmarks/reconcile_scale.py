@@ -9,6 +9,7 @@ and printing what it named. Defects accumulate; each step lists only the new fin
 
     python -m benchmarks.reconcile_scale [--store sqlite|postgres|both] [--records 100000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,11 +30,18 @@ from tests import defects
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
 PERIOD = "2026-10"
 TOPIC = "billing_domain.period:BillingPeriod."
-CHARGES = [{"meter": "api_calls", "aggregation": "sum", "model": "graduated",
-            "tiers": [{"up_to": 10000, "unit_amount": "0.001"},
-                      {"up_to": None, "unit_amount": "0.0005", "flat_amount": "1"}]},
-           {"meter": "storage_gb", "aggregation": "max", "model": "per_unit",
-            "unit_amount": "0.25"}]
+CHARGES = [
+    {
+        "meter": "api_calls",
+        "aggregation": "sum",
+        "model": "graduated",
+        "tiers": [
+            {"up_to": 10000, "unit_amount": "0.001"},
+            {"up_to": None, "unit_amount": "0.0005", "flat_amount": "1"},
+        ],
+    },
+    {"meter": "storage_gb", "aggregation": "max", "model": "per_unit", "unit_amount": "0.25"},
+]
 
 
 def fill(services: Services, records: int, customers: int) -> float:
@@ -47,16 +55,29 @@ def fill(services: Services, records: int, customers: int) -> float:
         app.open_customer(cid, f"Customer {c}")
         app.subscribe(cid, "std", "2026-01")
         for offset in range(0, each, 5000):
-            app.record_usage([
-                UsageInput(f"{cid}-{offset + i}", cid,
-                           "storage_gb" if i % 50 == 0 else "api_calls",
-                           Decimal(i % 7 + 1) / 4, start + timedelta(seconds=offset + i))
-                for i in range(min(5000, each - offset))])
+            app.record_usage(
+                [
+                    UsageInput(
+                        f"{cid}-{offset + i}",
+                        cid,
+                        "storage_gb" if i % 50 == 0 else "api_calls",
+                        Decimal(i % 7 + 1) / 4,
+                        start + timedelta(seconds=offset + i),
+                    )
+                    for i in range(min(5000, each - offset))
+                ]
+            )
         app.compensate(cid, f"{cid}-1", f"{cid}-comp", Decimal("0.25"), "duplicate call")
-        app.adjust(cid, f"{cid}-adj", "api_calls", Decimal("-3"), start + timedelta(days=3),
-                   "goodwill")
-        app.record_usage([UsageInput(f"{cid}-nov", cid, "api_calls", Decimal(2),
-                                     datetime(2026, 11, 2, tzinfo=UTC))])
+        app.adjust(
+            cid, f"{cid}-adj", "api_calls", Decimal("-3"), start + timedelta(days=3), "goodwill"
+        )
+        app.record_usage(
+            [
+                UsageInput(
+                    f"{cid}-nov", cid, "api_calls", Decimal(2), datetime(2026, 11, 2, tzinfo=UTC)
+                )
+            ]
+        )
         log(f"  {(c + 1) * each:,} records")
     seconds = time.perf_counter() - began
     for c in range(customers):
@@ -82,37 +103,73 @@ def defect_steps(settings: Settings) -> list[tuple[str, Callable[[], Any]]]:
     record = [["v9", "c06", "api_calls", "1", "2026-10-03T00:00:00Z", {}]]
     state = defects.usage_state(record, "2026-11-24T12:00:00Z", {"api_calls": ["sum", None]})
     return [
-        ("stored quantity altered (c00)",
-         lambda: defects.alter_usage_quantity(settings, "c00-7", "999")),
-        ("balance row deleted (c01)",
-         lambda: defects.delete_balance(settings, "c01", PERIOD, "api_calls")),
-        ("invoice row altered (c02)",
-         lambda: defects.alter_invoice_total(settings, "c02", PERIOD, "0.01")),
-        ("event inserted with drifted clock (c03)",
-         lambda: defects.insert_usage(
-             settings, "c03", PERIOD,
-             [["drift1", "c03", "api_calls", "1", "2026-10-20T00:00:00Z", {}]],
-             "2026-10-19T00:00:00Z", {"api_calls": ["sum", None]})),
-        ("event id recorded again in 2026-11 (c04)",
-         lambda: defects.insert_usage(
-             settings, "c04", "2026-11",
-             [["c04-9", "c04", "api_calls", "1", "2026-11-03T00:00:00Z", {}]],
-             "2026-11-24T12:00:00Z", {"api_calls": ["sum", None]})),
-        ("event of unknown topic (c05)",
-         lambda: defects.insert_raw(settings, "c05", PERIOD, TOPIC + "UsageRecordedV9", state)),
-        ("event of a newer class version (c06)",
-         lambda: defects.insert_raw(settings, "c06", PERIOD, TOPIC + "UsageRecorded",
-                                    json.dumps({**json.loads(state),
-                                                "class_version": 7}).encode())),
-        ("event whose state does not decode (c07)",
-         lambda: defects.insert_raw(settings, "c07", PERIOD, TOPIC + "UsageRecorded",
-                                    state[:40])),
+        (
+            "stored quantity altered (c00)",
+            lambda: defects.alter_usage_quantity(settings, "c00-7", "999"),
+        ),
+        (
+            "balance row deleted (c01)",
+            lambda: defects.delete_balance(settings, "c01", PERIOD, "api_calls"),
+        ),
+        (
+            "invoice row altered (c02)",
+            lambda: defects.alter_invoice_total(settings, "c02", PERIOD, "0.01"),
+        ),
+        (
+            "event inserted with drifted clock (c03)",
+            lambda: defects.insert_usage(
+                settings,
+                "c03",
+                PERIOD,
+                [["drift1", "c03", "api_calls", "1", "2026-10-20T00:00:00Z", {}]],
+                "2026-10-19T00:00:00Z",
+                {"api_calls": ["sum", None]},
+            ),
+        ),
+        (
+            "event id recorded again in 2026-11 (c04)",
+            lambda: defects.insert_usage(
+                settings,
+                "c04",
+                "2026-11",
+                [["c04-9", "c04", "api_calls", "1", "2026-11-03T00:00:00Z", {}]],
+                "2026-11-24T12:00:00Z",
+                {"api_calls": ["sum", None]},
+            ),
+        ),
+        (
+            "event of unknown topic (c05)",
+            lambda: defects.insert_raw(settings, "c05", PERIOD, TOPIC + "UsageRecordedV9", state),
+        ),
+        (
+            "event of a newer class version (c06)",
+            lambda: defects.insert_raw(
+                settings,
+                "c06",
+                PERIOD,
+                TOPIC + "UsageRecorded",
+                json.dumps({**json.loads(state), "class_version": 7}).encode(),
+            ),
+        ),
+        (
+            "event whose state does not decode (c07)",
+            lambda: defects.insert_raw(
+                settings, "c07", PERIOD, TOPIC + "UsageRecorded", state[:40]
+            ),
+        ),
     ]
 
 
 def _key(f: dict[str, Any]) -> tuple[Any, ...]:
-    return (f["check"], f["cause"], f["customer_id"], f["meter"], f["event_id"], f["revision"],
-            f["detail"])
+    return (
+        f["check"],
+        f["cause"],
+        f["customer_id"],
+        f["meter"],
+        f["event_id"],
+        f["revision"],
+        f["detail"],
+    )
 
 
 def named(findings: list[dict[str, Any]]) -> str:
@@ -132,46 +189,86 @@ def run_store(store: str, records: int, customers: int, runs: int) -> list[dict[
             fill_seconds = fill(services, records, customers)
             began = time.perf_counter()
             services.read_models.catch_up()
-            log(f"{store}: filled in {fill_seconds:.1f} s, read models caught up in "
-                f"{time.perf_counter() - began:.1f} s")
+            log(
+                f"{store}: filled in {fill_seconds:.1f} s, read models caught up in "
+                f"{time.perf_counter() - began:.1f} s"
+            )
             rows = []
             baseline = median_of([read_log(services) for _ in range(runs)])
-            rows.append({"store": store, "step": f"baseline: read the log's rows (median of {runs})",
-                         "seconds": round(baseline, 4), "records": None, "stored_events": None,
-                         "ok": None, "findings": None, "new": "-"})
+            rows.append(
+                {
+                    "store": store,
+                    "step": f"baseline: read the log's rows (median of {runs})",
+                    "seconds": round(baseline, 4),
+                    "records": None,
+                    "stored_events": None,
+                    "ok": None,
+                    "findings": None,
+                    "new": "-",
+                }
+            )
             clean = [reconcile(services, PERIOD) for _ in range(runs)]
             assert all(r["ok"] for r in clean), clean[0]["findings"]
-            rows.append({"store": store, "step": f"clean (median of {runs})",
-                         "seconds": median_of([r["seconds"] for r in clean]),
-                         "records": clean[0]["checked"]["records"],
-                         "stored_events": clean[0]["checked"]["stored_events"],
-                         "ok": clean[0]["ok"], "findings": 0, "new": "-"})
+            rows.append(
+                {
+                    "store": store,
+                    "step": f"clean (median of {runs})",
+                    "seconds": median_of([r["seconds"] for r in clean]),
+                    "records": clean[0]["checked"]["records"],
+                    "stored_events": clean[0]["checked"]["stored_events"],
+                    "ok": clean[0]["ok"],
+                    "findings": 0,
+                    "new": "-",
+                }
+            )
             checked = [verify(services.app) for _ in range(runs)]
-            rows.append({"store": store, "step": f"verify, clean (median of {runs})",
-                         "seconds": median_of([r["seconds"] for r in checked]),
-                         "records": None, "stored_events": checked[0]["checked"]["stored_events"],
-                         "ok": checked[0]["ok"], "findings": len(checked[0]["failures"]),
-                         "new": f"{checked[0]['checked']['revisions']} revisions"})
+            rows.append(
+                {
+                    "store": store,
+                    "step": f"verify, clean (median of {runs})",
+                    "seconds": median_of([r["seconds"] for r in checked]),
+                    "records": None,
+                    "stored_events": checked[0]["checked"]["stored_events"],
+                    "ok": checked[0]["ok"],
+                    "findings": len(checked[0]["failures"]),
+                    "new": f"{checked[0]['checked']['revisions']} revisions",
+                }
+            )
             before: set[tuple[Any, ...]] = set()
             for label, inject in defect_steps(settings):
                 inject()
                 report = reconcile(services, PERIOD)
                 keys = {_key(f): f for f in report["findings"]}
-                rows.append({"store": store, "step": label, "seconds": report["seconds"],
-                             "records": report["checked"]["records"],
-                             "stored_events": report["checked"]["stored_events"],
-                             "ok": report["ok"], "findings": len(report["findings"]),
-                             "new": named([f for k, f in keys.items() if k not in before])})
+                rows.append(
+                    {
+                        "store": store,
+                        "step": label,
+                        "seconds": report["seconds"],
+                        "records": report["checked"]["records"],
+                        "stored_events": report["checked"]["stored_events"],
+                        "ok": report["ok"],
+                        "findings": len(report["findings"]),
+                        "new": named([f for k, f in keys.items() if k not in before]),
+                    }
+                )
                 before = set(keys)
                 log(f"{store}: {label}: {report['seconds']} s, {rows[-1]['new']}")
             after = verify(services.app)
-            rows.append({"store": store, "step": "verify, after all defects",
-                         "seconds": after["seconds"], "records": None,
-                         "stored_events": after["checked"]["stored_events"],
-                         "ok": after["ok"], "findings": len(after["failures"])
-                         + len(after["undecodable"]),
-                         "new": ", ".join(f"{f['customer_id']} rev {f['revision']}"
-                                          for f in after["failures"]) or "-"})
+            rows.append(
+                {
+                    "store": store,
+                    "step": "verify, after all defects",
+                    "seconds": after["seconds"],
+                    "records": None,
+                    "stored_events": after["checked"]["stored_events"],
+                    "ok": after["ok"],
+                    "findings": len(after["failures"]) + len(after["undecodable"]),
+                    "new": ", ".join(
+                        f"{f['customer_id']} rev {f['revision']}" for f in after["failures"]
+                    )
+                    or "-",
+                }
+            )
             return rows
         finally:
             services.close()
@@ -186,12 +283,20 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
-    rows = [row for store in stores
-            for row in run_store(store, args.records, args.customers, args.runs)]
-    print_report("reconciliation at scale", {"runs": rows},
-                 {"records per store": args.records, "customers": args.customers,
-                  "peak RSS MiB": round(peak_rss_self_kib() / 1024, 1)}, as_json=args.json,
-                 formats={"seconds": ",.3f"})
+    rows = [
+        row for store in stores for row in run_store(store, args.records, args.customers, args.runs)
+    ]
+    print_report(
+        "reconciliation at scale",
+        {"runs": rows},
+        {
+            "records per store": args.records,
+            "customers": args.customers,
+            "peak RSS MiB": round(peak_rss_self_kib() / 1024, 1),
+        },
+        as_json=args.json,
+        formats={"seconds": ",.3f"},
+    )
 
 
 if __name__ == "__main__":

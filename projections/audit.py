@@ -11,25 +11,39 @@ from projections.base import Projection, dumps, stamp
 
 # topic -> (action, fields kept as detail)
 ACTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "Customer.Opened": ("customer.opened", ("customer_id", "name", "currency",
-                                            "late_usage_policy")),
+    "Customer.Opened": (
+        "customer.opened",
+        ("customer_id", "name", "currency", "late_usage_policy"),
+    ),
     "Customer.Renamed": ("customer.renamed", ("name",)),
     "Customer.LateUsagePolicyChanged": ("customer.policy_changed", ("late_usage_policy",)),
-    "Customer.Subscribed": ("subscription.changed", ("plan_id", "plan_version",
-                                                     "effective_from")),
+    "Customer.Subscribed": ("subscription.changed", ("plan_id", "plan_version", "effective_from")),
     "Customer.Merged": ("customer.merged", ("into", "effective_at")),
     "Plan.VersionPublished": ("plan.published", ("version", "currency")),
     "Emitter.Registered": ("emitter.registered", ("emitter_id", "name")),
-    "Emitter.Granted": ("grant.created", ("grant_id", "customer_id", "meters", "valid_from",
-                                          "valid_until")),
+    "Emitter.Granted": (
+        "grant.created",
+        ("grant_id", "customer_id", "meters", "valid_from", "valid_until"),
+    ),
     "Emitter.GrantRevoked": ("grant.revoked", ("grant_id",)),
     "Key.Issued": ("key.created", ("key_id", "role", "name", "emitter_id")),
     "Key.Revoked": ("key.revoked", ()),
-    "BillingPeriod.UsageCompensated": ("usage.compensated", (
-        "compensation_id", "event_id", "submitted_customer_id", "meter", "quantity", "reason",
-        "treatment")),
-    "BillingPeriod.UsageAdjusted": ("usage.adjusted", (
-        "adjustment_id", "meter", "quantity", "occurred_at", "reason", "treatment")),
+    "BillingPeriod.UsageCompensated": (
+        "usage.compensated",
+        (
+            "compensation_id",
+            "event_id",
+            "submitted_customer_id",
+            "meter",
+            "quantity",
+            "reason",
+            "treatment",
+        ),
+    ),
+    "BillingPeriod.UsageAdjusted": (
+        "usage.adjusted",
+        ("adjustment_id", "meter", "quantity", "occurred_at", "reason", "treatment"),
+    ),
     "BillingPeriod.Closed": ("period.closed", ("revision", "total", "plan_id", "plan_version")),
     "BillingPeriod.Restated": ("period.restated", ("revision", "total", "reason")),
     "AuditFact.Recorded": ("", ("reason",)),
@@ -49,9 +63,13 @@ def _plain(value: Any) -> Any:
 
 
 # Creation events that only name their aggregate, so later entries can say what they touched.
-NAMING = {"Plan.Created": ("plan", "plan_id"), "BillingPeriod.Opened": ("period", None),
-          "Customer.Opened": ("customer", "customer_id"), "Emitter.Registered": ("emitter", "emitter_id"),
-          "Key.Issued": ("key", "key_id")}
+NAMING = {
+    "Plan.Created": ("plan", "plan_id"),
+    "BillingPeriod.Opened": ("period", None),
+    "Customer.Opened": ("customer", "customer_id"),
+    "Emitter.Registered": ("emitter", "emitter_id"),
+    "Key.Issued": ("key", "key_id"),
+}
 
 
 def subject_name(topic: str, e: Any) -> str:
@@ -66,18 +84,23 @@ class AuditProjection(Projection):
     topics = frozenset(ACTIONS) | frozenset(NAMING)
 
     def tables(self) -> dict[str, str]:
-        return {"entries": "position BIGINT PRIMARY KEY, at TEXT NOT NULL, action TEXT NOT NULL, "
-                           "actor TEXT NOT NULL, emitter TEXT NOT NULL, key_id TEXT NOT NULL, "
-                           "subject TEXT, detail TEXT NOT NULL",
-                "subjects": "uuid TEXT PRIMARY KEY, subject TEXT NOT NULL"}
+        return {
+            "entries": "position BIGINT PRIMARY KEY, at TEXT NOT NULL, action TEXT NOT NULL, "
+            "actor TEXT NOT NULL, emitter TEXT NOT NULL, key_id TEXT NOT NULL, "
+            "subject TEXT, detail TEXT NOT NULL",
+            "subjects": "uuid TEXT PRIMARY KEY, subject TEXT NOT NULL",
+        }
 
     def indexes(self) -> list[str]:
-        return [f"CREATE INDEX IF NOT EXISTS {self.prefix}_entries_at "
-                f"ON {self.t('entries')} (at, position)"]
+        return [
+            f"CREATE INDEX IF NOT EXISTS {self.prefix}_entries_at "
+            f"ON {self.t('entries')} (at, position)"
+        ]
 
     def apply(self, cur: Any, events: Sequence[tuple[int, str, Any]]) -> None:
-        named: dict[str, str | None] = {e.originator_id.hex: subject_name(topic, e)
-                 for _, topic, e in events if topic in NAMING}
+        named: dict[str, str | None] = {
+            e.originator_id.hex: subject_name(topic, e) for _, topic, e in events if topic in NAMING
+        }
         cur.executemany(f"INSERT INTO {self.t('subjects')} VALUES (?, ?)", list(named.items()))
         entries = []
         for position, topic, e in events:
@@ -88,8 +111,7 @@ class AuditProjection(Projection):
                 row = cur.one(f"SELECT subject FROM {self.t('subjects')} WHERE uuid = ?", [uuid])
                 named[uuid] = row["subject"] if row else None
             entries.append(self.entry(position, topic, e, named[uuid]))
-        cur.executemany(f"INSERT INTO {self.t('entries')} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        entries)
+        cur.executemany(f"INSERT INTO {self.t('entries')} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", entries)
 
     def entry(self, position: int, topic: str, e: Any, subject: str | None) -> tuple[Any, ...]:
         action, fields = ACTIONS[topic]
@@ -100,8 +122,16 @@ class AuditProjection(Projection):
         else:
             emitter, _, key_id = str(getattr(e, "actor", "system/-")).partition("/")
             at = getattr(e, "closed_at", None) or getattr(e, "received_at", None) or e.timestamp
-        return (position, stamp(at), action,
-                f"{emitter}/{key_id}", emitter, key_id, subject, dumps(detail))
+        return (
+            position,
+            stamp(at),
+            action,
+            f"{emitter}/{key_id}",
+            emitter,
+            key_id,
+            subject,
+            dumps(detail),
+        )
 
     def changes(self, cur: Any, live: Projection) -> list[dict[str, Any]]:
         """Entries whose action, actor or detail differ between the live view and this one."""
@@ -111,6 +141,9 @@ class AuditProjection(Projection):
             f"n.detail AS new_detail FROM {live.t('entries')} o "
             f"FULL OUTER JOIN {self.t('entries')} n ON o.position = n.position "
             f"WHERE o.position IS NULL OR n.position IS NULL OR o.action <> n.action "
-            f"OR o.actor <> n.actor OR o.detail <> n.detail")
-        return [{"position": r["position"], "before": r["action"], "after": r["new_action"]}
-                for r in rows]
+            f"OR o.actor <> n.actor OR o.detail <> n.detail"
+        )
+        return [
+            {"position": r["position"], "before": r["action"], "after": r["new_action"]}
+            for r in rows
+        ]

@@ -65,6 +65,7 @@ def dec(text: str | None) -> Decimal:
 def stamp(moment: Any) -> str:
     """A fixed-width UTC time, so text comparison in SQL is time comparison."""
     from datetime import UTC, datetime
+
     if isinstance(moment, str):
         moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
     return str(moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))

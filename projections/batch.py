@@ -17,9 +17,14 @@ ZERO = Decimal(0)
 
 
 def totals_from_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {"aggregation": row["aggregation"], "field": row["field"], "sum": dec(row["sum"]),
-            "count": int(row["count"]), "values": json.loads(row["vals"]),
-            "adjustment": dec(row["adjustment"])}
+    return {
+        "aggregation": row["aggregation"],
+        "field": row["field"],
+        "sum": dec(row["sum"]),
+        "count": int(row["count"]),
+        "values": json.loads(row["vals"]),
+        "adjustment": dec(row["adjustment"]),
+    }
 
 
 def add_totals(into: dict[str, Any], delta: dict[str, Any]) -> None:
@@ -67,8 +72,7 @@ class BatchState:
     def period(self, originator_id: Any) -> dict[str, Any]:
         key = originator_id.hex
         if key not in self.periods:
-            row = self.cur.one(f"SELECT * FROM {self.p.t('periods')} WHERE period_uuid = ?",
-                               [key])
+            row = self.cur.one(f"SELECT * FROM {self.p.t('periods')} WHERE period_uuid = ?", [key])
             if row is None:
                 raise LookupError(f"period aggregate {key} has no Opened event in the log")
             self.periods[key] = row
@@ -77,15 +81,17 @@ class BatchState:
     def balance(self, customer_id: str, period: str) -> dict[str, dict[str, Any]]:
         key = (customer_id, period)
         if key not in self.balances:
-            rows = self.cur.all(f"SELECT * FROM {self.p.t('balances')} "
-                                "WHERE customer_id = ? AND period = ?", key)
+            rows = self.cur.all(
+                f"SELECT * FROM {self.p.t('balances')} WHERE customer_id = ? AND period = ?", key
+            )
             self.balances[key] = {r["meter"]: totals_from_row(r) for r in rows}
         return self.balances[key]
 
     def customer(self, customer_id: str) -> dict[str, Any] | None:
         if customer_id not in self.customers:
-            row = self.cur.one(f"SELECT * FROM {self.p.t('customers')} WHERE customer_id = ?",
-                               [customer_id])
+            row = self.cur.one(
+                f"SELECT * FROM {self.p.t('customers')} WHERE customer_id = ?", [customer_id]
+            )
             if row is not None:
                 row["subscriptions"] = json.loads(row["subscriptions"])
             self.customers[customer_id] = row
@@ -95,23 +101,33 @@ class BatchState:
         for customer in self.customers.values():
             if customer is not None and customer["uuid"] == uuid_hex:
                 return customer
-        row = self.cur.one(f"SELECT customer_id FROM {self.p.t('customers')} WHERE uuid = ?",
-                           [uuid_hex])
+        row = self.cur.one(
+            f"SELECT customer_id FROM {self.p.t('customers')} WHERE uuid = ?", [uuid_hex]
+        )
         if row is None:
             raise LookupError(f"customer aggregate {uuid_hex} has no Opened event in the log")
         customer = self.customer(row["customer_id"])
         assert customer is not None
         return customer
 
-    def delta(self, customer_id: str, period: str, meter: str, position: int, kind: str,
-              aggregation: str, field: str | None) -> dict[str, Any]:
+    def delta(
+        self,
+        customer_id: str,
+        period: str,
+        meter: str,
+        position: int,
+        kind: str,
+        aggregation: str,
+        field: str | None,
+    ) -> dict[str, Any]:
         key = (customer_id, period, meter, position, kind)
         if key not in self.deltas:
             self.deltas[key] = {**new_totals(aggregation, field), "acc": 0, "items": 0}
         return self.deltas[key]
 
-    def meter(self, customer_id: str, period: str, meter: str, aggregation: str,
-              field: str | None) -> dict[str, Any]:
+    def meter(
+        self, customer_id: str, period: str, meter: str, aggregation: str, field: str | None
+    ) -> dict[str, Any]:
         meters = self.balance(customer_id, period)
         if meter not in meters:
             meters[meter] = new_totals(aggregation, field)
@@ -120,21 +136,30 @@ class BatchState:
     def compensated_so_far(self, customer_id: str, period: str, event_id: str) -> Decimal:
         key = (customer_id, period, event_id)
         if key not in self.compensated:
-            row = self.cur.one(f"SELECT quantity FROM {self.p.t('compensated')} "
-                               "WHERE customer_id = ? AND period = ? AND event_id = ?", key)
+            row = self.cur.one(
+                f"SELECT quantity FROM {self.p.t('compensated')} "
+                "WHERE customer_id = ? AND period = ? AND event_id = ?",
+                key,
+            )
             self.compensated[key] = dec(row["quantity"]) if row else ZERO
         return self.compensated[key]
 
     def was_carried(self, customer_id: str, period: str, event_id: str) -> bool:
         if (customer_id, period, event_id) in self.carried_ids:
             return True
-        return self.cur.one(f"SELECT 1 AS x FROM {self.p.t('carried_ids')} WHERE "
-                            "customer_id = ? AND period = ? AND event_id = ?",
-                            [customer_id, period, event_id]) is not None
+        return (
+            self.cur.one(
+                f"SELECT 1 AS x FROM {self.p.t('carried_ids')} WHERE "
+                "customer_id = ? AND period = ? AND event_id = ?",
+                [customer_id, period, event_id],
+            )
+            is not None
+        )
 
     @staticmethod
-    def accumulate(row: dict[str, Any], value: int, items: int = 1,
-                   delta: dict[str, Any] | None = None) -> None:
+    def accumulate(
+        row: dict[str, Any], value: int, items: int = 1, delta: dict[str, Any] | None = None
+    ) -> None:
         row["acc"] = format((int(row["acc"], 16) + value) % DIGEST_MODULUS, "x")
         row["items"] = int(row["items"]) + items
         row["dirty"] = True

@@ -7,35 +7,46 @@ from typing import Any, Protocol
 
 
 class ReadModels(Protocol):
-    def usage(self, customer_id: str, period: str,
-              as_of: datetime | None = None) -> dict[str, Any]:
+    def usage(self, customer_id: str, period: str, as_of: datetime | None = None) -> dict[str, Any]:
         """{items: [{meter, quantity, amount}], position, lag} for a customer's period."""
 
-    def invoices(self, customer_id: str | None = None, period: str | None = None,
-                 cursor: str | None = None, limit: int = 100,
-                 as_of: datetime | None = None) -> dict[str, Any]:
+    def invoices(
+        self,
+        customer_id: str | None = None,
+        period: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+        as_of: datetime | None = None,
+    ) -> dict[str, Any]:
         """{items: [{invoice_id, customer_id, period, revision, status, total, currency}],
         next_cursor, position, lag}"""
 
-    def invoice(self, invoice_id: str, revision: int | None = None,
-                as_of: datetime | None = None) -> dict[str, Any] | None:
+    def invoice(
+        self, invoice_id: str, revision: int | None = None, as_of: datetime | None = None
+    ) -> dict[str, Any] | None:
         """{invoice_id, customer_id, period, revision, status, currency, lines, total,
         lineage_digest, position, lag}, or None when unknown."""
 
     def revisions(self, invoice_id: str) -> list[dict[str, Any]] | None:
         """[{revision, status, total, delta, issued_at, lineage_digest}], or None when unknown."""
 
-    def lineage(self, invoice_id: str, line: int, cursor: str | None = None,
-                limit: int = 100) -> dict[str, Any] | None:
+    def lineage(
+        self, invoice_id: str, line: int, cursor: str | None = None, limit: int = 100
+    ) -> dict[str, Any] | None:
         """{items: [{kind, id, quantity, occurred_at, received_at, emitter, key_id}],
         next_cursor}, or None when the invoice or line is unknown."""
 
     def lineage_digest(self, customer_id: str, period: str) -> str:
         """The digest of a period's billed items as the lineage rows hold them."""
 
-    def audit(self, since: datetime | None = None, until: datetime | None = None,
-              actor: str | None = None, cursor: str | None = None,
-              limit: int = 100) -> dict[str, Any]:
+    def audit(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        actor: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> dict[str, Any]:
         """{items: [{position, at, action, actor, key_id, detail}], next_cursor}"""
 
     def status(self) -> list[dict[str, Any]]:

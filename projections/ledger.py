@@ -40,49 +40,57 @@ from projections.store import Cursor
 
 class InvoicesProjection(Projection):
     name = "invoices"
-    topics = frozenset({
-        "BillingPeriod.Opened", "BillingPeriod.UsageRecorded",
-        "BillingPeriod.LateUsageCarriedForward", "BillingPeriod.UsageCompensated",
-        "BillingPeriod.UsageAdjusted", "BillingPeriod.Closed", "BillingPeriod.Restated",
-        "Customer.Opened", "Customer.Subscribed", "Plan.VersionPublished",
-    })
+    topics = frozenset(
+        {
+            "BillingPeriod.Opened",
+            "BillingPeriod.UsageRecorded",
+            "BillingPeriod.LateUsageCarriedForward",
+            "BillingPeriod.UsageCompensated",
+            "BillingPeriod.UsageAdjusted",
+            "BillingPeriod.Closed",
+            "BillingPeriod.Restated",
+            "Customer.Opened",
+            "Customer.Subscribed",
+            "Plan.VersionPublished",
+        }
+    )
 
     def tables(self) -> dict[str, str]:
         return {
             "customers": "customer_id TEXT PRIMARY KEY, uuid TEXT NOT NULL UNIQUE, "
-                         "currency TEXT NOT NULL, subscriptions TEXT NOT NULL",
+            "currency TEXT NOT NULL, subscriptions TEXT NOT NULL",
             "plans": "plan_id TEXT NOT NULL, version INTEGER NOT NULL, currency TEXT NOT NULL, "
-                     "charges TEXT NOT NULL, PRIMARY KEY (plan_id, version)",
+            "charges TEXT NOT NULL, PRIMARY KEY (plan_id, version)",
             "periods": "period_uuid TEXT PRIMARY KEY, customer_id TEXT NOT NULL, "
-                       "period TEXT NOT NULL, invoice_id TEXT NOT NULL, status TEXT NOT NULL, "
-                       "acc TEXT NOT NULL, items BIGINT NOT NULL",
+            "period TEXT NOT NULL, invoice_id TEXT NOT NULL, status TEXT NOT NULL, "
+            "acc TEXT NOT NULL, items BIGINT NOT NULL",
             "balances": "customer_id TEXT NOT NULL, period TEXT NOT NULL, meter TEXT NOT NULL, "
-                        "aggregation TEXT NOT NULL, field TEXT, sum TEXT NOT NULL, "
-                        "count BIGINT NOT NULL, vals TEXT NOT NULL, adjustment TEXT NOT NULL, "
-                        "PRIMARY KEY (customer_id, period, meter)",
+            "aggregation TEXT NOT NULL, field TEXT, sum TEXT NOT NULL, "
+            "count BIGINT NOT NULL, vals TEXT NOT NULL, adjustment TEXT NOT NULL, "
+            "PRIMARY KEY (customer_id, period, meter)",
             "deltas": "customer_id TEXT NOT NULL, period TEXT NOT NULL, meter TEXT NOT NULL, "
-                      "position BIGINT NOT NULL, kind TEXT NOT NULL, received_at TEXT NOT NULL, "
-                      "aggregation TEXT NOT NULL, field TEXT, sum TEXT NOT NULL, "
-                      "count BIGINT NOT NULL, vals TEXT NOT NULL, adjustment TEXT NOT NULL, "
-                      "acc TEXT NOT NULL, items BIGINT NOT NULL, "
-                      "PRIMARY KEY (customer_id, period, meter, kind, position)",
+            "position BIGINT NOT NULL, kind TEXT NOT NULL, received_at TEXT NOT NULL, "
+            "aggregation TEXT NOT NULL, field TEXT, sum TEXT NOT NULL, "
+            "count BIGINT NOT NULL, vals TEXT NOT NULL, adjustment TEXT NOT NULL, "
+            "acc TEXT NOT NULL, items BIGINT NOT NULL, "
+            "PRIMARY KEY (customer_id, period, meter, kind, position)",
             "carried": "customer_id TEXT NOT NULL, period TEXT NOT NULL, "
-                       "from_period TEXT NOT NULL, meter TEXT NOT NULL, "
-                       "position BIGINT NOT NULL, received_at TEXT NOT NULL, "
-                       "quantity TEXT NOT NULL, amount TEXT NOT NULL, acc TEXT NOT NULL, "
-                       "items BIGINT NOT NULL, "
-                       "PRIMARY KEY (customer_id, period, from_period, meter, position)",
+            "from_period TEXT NOT NULL, meter TEXT NOT NULL, "
+            "position BIGINT NOT NULL, received_at TEXT NOT NULL, "
+            "quantity TEXT NOT NULL, amount TEXT NOT NULL, acc TEXT NOT NULL, "
+            "items BIGINT NOT NULL, "
+            "PRIMARY KEY (customer_id, period, from_period, meter, position)",
             "compensated": "customer_id TEXT NOT NULL, period TEXT NOT NULL, "
-                           "event_id TEXT NOT NULL, quantity TEXT NOT NULL, "
-                           "PRIMARY KEY (customer_id, period, event_id)",
+            "event_id TEXT NOT NULL, quantity TEXT NOT NULL, "
+            "PRIMARY KEY (customer_id, period, event_id)",
             "carried_ids": "customer_id TEXT NOT NULL, period TEXT NOT NULL, "
-                           "event_id TEXT NOT NULL, PRIMARY KEY (customer_id, period, event_id)",
+            "event_id TEXT NOT NULL, PRIMARY KEY (customer_id, period, event_id)",
             "invoices": "invoice_id TEXT NOT NULL, revision INTEGER NOT NULL, "
-                        "customer_id TEXT NOT NULL, period TEXT NOT NULL, status TEXT NOT NULL, "
-                        "currency TEXT NOT NULL, lines TEXT NOT NULL, total TEXT NOT NULL, "
-                        "lineage_digest TEXT NOT NULL, plan_id TEXT, plan_version INTEGER, "
-                        "issued_at TEXT, position BIGINT NOT NULL, "
-                        "PRIMARY KEY (invoice_id, revision)",
+            "customer_id TEXT NOT NULL, period TEXT NOT NULL, status TEXT NOT NULL, "
+            "currency TEXT NOT NULL, lines TEXT NOT NULL, total TEXT NOT NULL, "
+            "lineage_digest TEXT NOT NULL, plan_id TEXT, plan_version INTEGER, "
+            "issued_at TEXT, position BIGINT NOT NULL, "
+            "PRIMARY KEY (invoice_id, revision)",
         }
 
     def indexes(self) -> list[str]:
@@ -95,9 +103,14 @@ class InvoicesProjection(Projection):
 
     # Rules a later logic version may change ------------------------------------------------
 
-    def draft_lines(self, period: str, meters: dict[str, dict[str, Any]],
-                    charges: Sequence[Charge], carried: list[dict[str, Any]],
-                    currency: str) -> list[dict[str, Any]]:
+    def draft_lines(
+        self,
+        period: str,
+        meters: dict[str, dict[str, Any]],
+        charges: Sequence[Charge],
+        carried: list[dict[str, Any]],
+        currency: str,
+    ) -> list[dict[str, Any]]:
         return usage_lines(period, meters, charges, currency) + carried_lines(carried, currency)
 
     # Applying events ------------------------------------------------------------------------
@@ -121,36 +134,55 @@ class InvoicesProjection(Projection):
         self._write(batch)
 
     def _on_period_opened(self, b: BatchState, position: int, e: Any) -> None:
-        row = {"period_uuid": e.originator_id.hex, "customer_id": e.customer_id,
-                   "period": e.period, "invoice_id": invoice_id(e.customer_id, e.period),
-                   "status": "open", "acc": "0", "items": 0, "dirty": True}
+        row = {
+            "period_uuid": e.originator_id.hex,
+            "customer_id": e.customer_id,
+            "period": e.period,
+            "invoice_id": invoice_id(e.customer_id, e.period),
+            "status": "open",
+            "acc": "0",
+            "items": 0,
+            "dirty": True,
+        }
         b.periods[row["period_uuid"]] = row
         b.balances.setdefault((e.customer_id, e.period), {})
         b.touched.add((e.customer_id, e.period))
 
     def _on_customer_opened(self, b: BatchState, position: int, e: Any) -> None:
-        b.customers[e.customer_id] = {"customer_id": e.customer_id,
-                                      "uuid": e.originator_id.hex, "currency": e.currency,
-                                      "subscriptions": []}
+        b.customers[e.customer_id] = {
+            "customer_id": e.customer_id,
+            "uuid": e.originator_id.hex,
+            "currency": e.currency,
+            "subscriptions": [],
+        }
         b.changed_customers.add(e.customer_id)
 
     def _on_subscribed(self, b: BatchState, position: int, e: Any) -> None:
         customer = b.customer_by_uuid(e.originator_id.hex)
         customer_id = customer["customer_id"]
-        customer["subscriptions"].append({"plan_id": e.plan_id, "plan_version": e.plan_version,
-                                          "effective_from": e.effective_from})
+        customer["subscriptions"].append(
+            {
+                "plan_id": e.plan_id,
+                "plan_version": e.plan_version,
+                "effective_from": e.effective_from,
+            }
+        )
         b.changed_customers.add(customer_id)
-        for row in b.cur.all(f"SELECT period FROM {self.t('periods')} WHERE customer_id = ? "
-                             "AND period >= ? AND status = 'open'",
-                             [customer_id, e.effective_from]):
+        for row in b.cur.all(
+            f"SELECT period FROM {self.t('periods')} WHERE customer_id = ? "
+            "AND period >= ? AND status = 'open'",
+            [customer_id, e.effective_from],
+        ):
             b.touched.add((customer_id, row["period"]))
         for row in b.periods.values():
             if row["customer_id"] == customer_id and row["period"] >= e.effective_from:
                 b.touched.add((customer_id, row["period"]))
 
     def _on_plan_published(self, b: BatchState, position: int, e: Any) -> None:
-        b.cur.execute(f"INSERT INTO {self.t('plans')} VALUES (?, ?, ?, ?)",
-                      [e.originator_id.hex, e.version, e.currency, dumps(e.charges)])
+        b.cur.execute(
+            f"INSERT INTO {self.t('plans')} VALUES (?, ?, ?, ?)",
+            [e.originator_id.hex, e.version, e.currency, dumps(e.charges)],
+        )
 
     def _on_usage(self, b: BatchState, position: int, e: Any) -> None:
         row = b.period(e.originator_id)
@@ -164,11 +196,15 @@ class InvoicesProjection(Projection):
             delta = by_meter.get(meter)
             if delta is None:
                 aggregation, field = e.meters[meter]
-                delta = by_meter[meter] = b.delta(customer_id, period, meter, position, kind,
-                                                  aggregation, field)
+                delta = by_meter[meter] = b.delta(
+                    customer_id, period, meter, position, kind, aggregation, field
+                )
             quantity = Decimal(record[3])
-            value = tracked_value(delta, quantity, record[5]) \
-                if delta["aggregation"] in ("max", "unique_count") else None
+            value = (
+                tracked_value(delta, quantity, record[5])
+                if delta["aggregation"] in ("max", "unique_count")
+                else None
+            )
             add_record(delta, quantity, value)
             if billed:
                 delta["acc"] += next(hashes)  # type: ignore[arg-type]
@@ -188,9 +224,20 @@ class InvoicesProjection(Projection):
     def _on_carried(self, b: BatchState, position: int, e: Any) -> None:
         row = b.period(e.originator_id)
         acc = sum(int(source[2], 16) for source in e.sources) % DIGEST_MODULUS
-        b.carried.append((row["customer_id"], row["period"], e.from_period, e.meter, position,
-                          stamp(e.received_at), str(e.quantity), str(e.amount), format(acc, "x"),
-                          len(e.sources)))
+        b.carried.append(
+            (
+                row["customer_id"],
+                row["period"],
+                e.from_period,
+                e.meter,
+                position,
+                stamp(e.received_at),
+                str(e.quantity),
+                str(e.amount),
+                format(acc, "x"),
+                len(e.sources),
+            )
+        )
         b.accumulate(row, acc, len(e.sources))
         b.touched.add((row["customer_id"], row["period"]))
 
@@ -202,8 +249,15 @@ class InvoicesProjection(Projection):
         b.received[position] = e.received_at
         totals = b.meter(customer_id, period, e.meter, "sum", None)
         billed = e.treatment != CARRIED and not b.was_carried(customer_id, period, e.event_id)
-        delta = b.delta(customer_id, period, e.meter, position, BILLED if billed else LATE,
-                        totals["aggregation"], totals["field"])
+        delta = b.delta(
+            customer_id,
+            period,
+            e.meter,
+            position,
+            BILLED if billed else LATE,
+            totals["aggregation"],
+            totals["field"],
+        )
         before = tracked_value(totals, net_before, e.properties)
         after = tracked_value(totals, net_before - e.quantity, e.properties)
         delta["sum"] -= e.quantity
@@ -214,42 +268,86 @@ class InvoicesProjection(Projection):
         elif after is not None:
             delta["values"][after] = delta["values"].get(after, 0) + 1
         if billed:
-            compensate_record(totals, e.quantity, net_before=net_before, value_before=before,
-                              value_after=after)
-            b.accumulate(row, compensation_hash(
-                e.compensation_id, e.event_id, e.submitted_customer_id, e.meter, e.quantity,
-                e.reason, e.received_at, e.actor), delta=delta)
+            compensate_record(
+                totals, e.quantity, net_before=net_before, value_before=before, value_after=after
+            )
+            b.accumulate(
+                row,
+                compensation_hash(
+                    e.compensation_id,
+                    e.event_id,
+                    e.submitted_customer_id,
+                    e.meter,
+                    e.quantity,
+                    e.reason,
+                    e.received_at,
+                    e.actor,
+                ),
+                delta=delta,
+            )
             b.touched.add((customer_id, period))
 
     def _on_adjusted(self, b: BatchState, position: int, e: Any) -> None:
         row = b.period(e.originator_id)
         customer_id, period = row["customer_id"], row["period"]
         billed = e.treatment != CARRIED
-        delta = b.delta(customer_id, period, e.meter, position, BILLED if billed else LATE,
-                        e.aggregation, e.field)
+        delta = b.delta(
+            customer_id,
+            period,
+            e.meter,
+            position,
+            BILLED if billed else LATE,
+            e.aggregation,
+            e.field,
+        )
         delta["adjustment"] += e.quantity
         b.received[position] = e.received_at
         if billed:
-            b.meter(customer_id, period, e.meter, e.aggregation, e.field)["adjustment"] += \
+            b.meter(customer_id, period, e.meter, e.aggregation, e.field)["adjustment"] += (
                 e.quantity
-            b.accumulate(row, adjustment_hash(
-                e.adjustment_id, e.meter, e.quantity, e.occurred_at, e.reason, e.received_at,
-                e.actor), delta=delta)
+            )
+            b.accumulate(
+                row,
+                adjustment_hash(
+                    e.adjustment_id,
+                    e.meter,
+                    e.quantity,
+                    e.occurred_at,
+                    e.reason,
+                    e.received_at,
+                    e.actor,
+                ),
+                delta=delta,
+            )
             b.touched.add((customer_id, period))
 
     def _on_issued(self, b: BatchState, position: int, e: Any) -> None:
         row = b.period(e.originator_id)
         row["status"] = "closed"
         row["dirty"] = True
-        b.cur.execute(f"UPDATE {self.t('invoices')} SET status = 'superseded' "
-                      "WHERE invoice_id = ? AND revision < ?", [row["invoice_id"], e.revision])
-        self._upsert_invoice(b.cur, {
-            "invoice_id": row["invoice_id"], "revision": e.revision,
-            "customer_id": row["customer_id"], "period": row["period"], "status": "issued",
-            "currency": e.currency, "lines": dumps(e.lines), "total": str(e.total),
-            "lineage_digest": e.lineage_digest, "plan_id": e.plan_id,
-            "plan_version": e.plan_version, "issued_at": stamp(e.closed_at),
-            "position": position})
+        b.cur.execute(
+            f"UPDATE {self.t('invoices')} SET status = 'superseded' "
+            "WHERE invoice_id = ? AND revision < ?",
+            [row["invoice_id"], e.revision],
+        )
+        self._upsert_invoice(
+            b.cur,
+            {
+                "invoice_id": row["invoice_id"],
+                "revision": e.revision,
+                "customer_id": row["customer_id"],
+                "period": row["period"],
+                "status": "issued",
+                "currency": e.currency,
+                "lines": dumps(e.lines),
+                "total": str(e.total),
+                "lineage_digest": e.lineage_digest,
+                "plan_id": e.plan_id,
+                "plan_version": e.plan_version,
+                "issued_at": stamp(e.closed_at),
+                "position": position,
+            },
+        )
 
     # Writing ----------------------------------------------------------------------------------
 
@@ -259,7 +357,8 @@ class InvoicesProjection(Projection):
             f"INSERT INTO {self.t('invoices')} ({', '.join(columns)}) "
             f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT (invoice_id, revision) "
             f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in columns[2:])}",
-            [row[c] for c in columns])
+            [row[c] for c in columns],
+        )
 
     def _write(self, b: BatchState) -> None:
         cur = b.cur
@@ -267,45 +366,98 @@ class InvoicesProjection(Projection):
         for customer_id in b.changed_customers:
             customer = b.customers[customer_id]
             assert customer is not None
-            cur.execute(f"INSERT INTO {self.t('customers')} VALUES (?, ?, ?, ?) ON CONFLICT "
-                        "(customer_id) DO UPDATE SET subscriptions = excluded.subscriptions",
-                        [customer_id, customer["uuid"], customer["currency"],
-                         dumps(customer["subscriptions"])])
+            cur.execute(
+                f"INSERT INTO {self.t('customers')} VALUES (?, ?, ?, ?) ON CONFLICT "
+                "(customer_id) DO UPDATE SET subscriptions = excluded.subscriptions",
+                [
+                    customer_id,
+                    customer["uuid"],
+                    customer["currency"],
+                    dumps(customer["subscriptions"]),
+                ],
+            )
         cur.executemany(
             f"INSERT INTO {self.t('periods')} VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
             "(period_uuid) DO UPDATE SET status = excluded.status, acc = excluded.acc, "
             "items = excluded.items",
-            [(r["period_uuid"], r["customer_id"], r["period"], r["invoice_id"], r["status"],
-              r["acc"], r["items"]) for r in b.periods.values() if r.get("dirty")])
+            [
+                (
+                    r["period_uuid"],
+                    r["customer_id"],
+                    r["period"],
+                    r["invoice_id"],
+                    r["status"],
+                    r["acc"],
+                    r["items"],
+                )
+                for r in b.periods.values()
+                if r.get("dirty")
+            ],
+        )
         cur.executemany(
             f"INSERT INTO {self.t('balances')} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
             "(customer_id, period, meter) DO UPDATE SET sum = excluded.sum, "
             "count = excluded.count, vals = excluded.vals, adjustment = excluded.adjustment",
-            [(c, p, m, t["aggregation"], t["field"], str(t["sum"]), t["count"],
-              dumps(t["values"]), str(t["adjustment"]))
-             for (c, p), meters in b.balances.items() for m, t in meters.items()])
+            [
+                (
+                    c,
+                    p,
+                    m,
+                    t["aggregation"],
+                    t["field"],
+                    str(t["sum"]),
+                    t["count"],
+                    dumps(t["values"]),
+                    str(t["adjustment"]),
+                )
+                for (c, p), meters in b.balances.items()
+                for m, t in meters.items()
+            ],
+        )
         cur.executemany(
             f"INSERT INTO {self.t('deltas')} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(c, p, m, pos, kind, stamp(b.received[pos]), t["aggregation"], t["field"],
-              str(t["sum"]), t["count"], dumps(t["values"]), str(t["adjustment"]),
-              format(t["acc"], "x"), t["items"])
-             for (c, p, m, pos, kind), t in b.deltas.items()])
-        cur.executemany(f"INSERT INTO {self.t('carried')} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        b.carried)
-        cur.executemany(f"INSERT INTO {self.t('carried_ids')} VALUES (?, ?, ?) "
-                        "ON CONFLICT DO NOTHING", b.carried_ids)
+            [
+                (
+                    c,
+                    p,
+                    m,
+                    pos,
+                    kind,
+                    stamp(b.received[pos]),
+                    t["aggregation"],
+                    t["field"],
+                    str(t["sum"]),
+                    t["count"],
+                    dumps(t["values"]),
+                    str(t["adjustment"]),
+                    format(t["acc"], "x"),
+                    t["items"],
+                )
+                for (c, p, m, pos, kind), t in b.deltas.items()
+            ],
+        )
+        cur.executemany(
+            f"INSERT INTO {self.t('carried')} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", b.carried
+        )
+        cur.executemany(
+            f"INSERT INTO {self.t('carried_ids')} VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            b.carried_ids,
+        )
         cur.executemany(
             f"INSERT INTO {self.t('compensated')} VALUES (?, ?, ?, ?) ON CONFLICT "
             "(customer_id, period, event_id) DO UPDATE SET quantity = excluded.quantity",
-            [(*key, str(q)) for key, q in b.compensated.items()])
+            [(*key, str(q)) for key, q in b.compensated.items()],
+        )
         for customer_id, period in sorted(b.touched):
             self._write_draft(b, customer_id, period)
 
     def _write_draft(self, b: BatchState, customer_id: str, period: str) -> None:
         row = b.period_rows.get((customer_id, period))
         if row is None:
-            row = b.cur.one(f"SELECT * FROM {self.t('periods')} WHERE customer_id = ? "
-                            "AND period = ?", [customer_id, period])
+            row = b.cur.one(
+                f"SELECT * FROM {self.t('periods')} WHERE customer_id = ? AND period = ?",
+                [customer_id, period],
+            )
         if row is None or row["status"] != "open":
             return
         customer = b.customer(customer_id)
@@ -314,16 +466,27 @@ class InvoicesProjection(Projection):
         subscribed = plan_for(customer["subscriptions"], period)
         charges = self.charges(b.cur, subscribed)
         carried = self.carried_entries(b.cur, customer_id, period)
-        lines = self.draft_lines(period, b.balance(customer_id, period), charges, carried,
-                                 customer["currency"])
-        self._upsert_invoice(b.cur, {
-            "invoice_id": row["invoice_id"], "revision": 1, "customer_id": customer_id,
-            "period": period, "status": "draft", "currency": customer["currency"],
-            "lines": dumps(lines), "total": total_of(lines),
-            "lineage_digest": digest_text(int(row["acc"], 16), int(row["items"])),
-            "plan_id": subscribed[0] if subscribed else None,
-            "plan_version": subscribed[1] if subscribed else None, "issued_at": None,
-            "position": 0})
+        lines = self.draft_lines(
+            period, b.balance(customer_id, period), charges, carried, customer["currency"]
+        )
+        self._upsert_invoice(
+            b.cur,
+            {
+                "invoice_id": row["invoice_id"],
+                "revision": 1,
+                "customer_id": customer_id,
+                "period": period,
+                "status": "draft",
+                "currency": customer["currency"],
+                "lines": dumps(lines),
+                "total": total_of(lines),
+                "lineage_digest": digest_text(int(row["acc"], 16), int(row["items"])),
+                "plan_id": subscribed[0] if subscribed else None,
+                "plan_version": subscribed[1] if subscribed else None,
+                "issued_at": None,
+                "position": 0,
+            },
+        )
 
     # Shared with the reads ----------------------------------------------------------------------
 
@@ -331,25 +494,36 @@ class InvoicesProjection(Projection):
         if plan is None:
             return ()
         from billing_domain.ids import plan_uuid
-        row = cur.one(f"SELECT charges FROM {self.t('plans')} WHERE plan_id = ? AND version = ?",
-                      [plan_uuid(plan[0]).hex, plan[1]])
+
+        row = cur.one(
+            f"SELECT charges FROM {self.t('plans')} WHERE plan_id = ? AND version = ?",
+            [plan_uuid(plan[0]).hex, plan[1]],
+        )
         return parse_charges(json.loads(row["charges"])) if row else ()
 
-    def carried_entries(self, cur: Cursor, customer_id: str, period: str,
-                        as_of: str | None = None) -> list[dict[str, Any]]:
+    def carried_entries(
+        self, cur: Cursor, customer_id: str, period: str, as_of: str | None = None
+    ) -> list[dict[str, Any]]:
         entries: dict[tuple[str, str], dict[str, Any]] = {}
-        for r in cur.all(f"SELECT from_period, meter, quantity, amount, received_at FROM "
-                         f"{self.t('carried')} WHERE customer_id = ? AND period = ?",
-                         [customer_id, period]):
+        for r in cur.all(
+            f"SELECT from_period, meter, quantity, amount, received_at FROM "
+            f"{self.t('carried')} WHERE customer_id = ? AND period = ?",
+            [customer_id, period],
+        ):
             if as_of is not None and r["received_at"] > as_of:
                 continue
-            entry = entries.setdefault((r["from_period"], r["meter"]), {
-                "from_period": r["from_period"], "meter": r["meter"], "quantity": ZERO,
-                "amount": ZERO})
+            entry = entries.setdefault(
+                (r["from_period"], r["meter"]),
+                {
+                    "from_period": r["from_period"],
+                    "meter": r["meter"],
+                    "quantity": ZERO,
+                    "amount": ZERO,
+                },
+            )
             entry["quantity"] += dec(r["quantity"])
             entry["amount"] += dec(r["amount"])
         return list(entries.values())
-
 
     # Rebuilds -----------------------------------------------------------------------------------
 
@@ -358,24 +532,37 @@ class InvoicesProjection(Projection):
         old, new = live.t("invoices"), self.t("invoices")
 
         def view(status: str | None, total: str | None, lines: str | None) -> Any:
-            return None if total is None else {"status": status, "total": total,
-                                               "lines": json.loads(lines or "[]")}
+            return (
+                None
+                if total is None
+                else {"status": status, "total": total, "lines": json.loads(lines or "[]")}
+            )
 
         changed = []
         for left, right, flip in ((old, new, False), (new, old, True)):
             only = "" if not flip else " AND b.invoice_id IS NULL"
-            differ = "" if flip else " AND (b.invoice_id IS NULL OR a.total <> b.total OR " \
-                                     "a.lines <> b.lines)"
+            differ = (
+                ""
+                if flip
+                else " AND (b.invoice_id IS NULL OR a.total <> b.total OR a.lines <> b.lines)"
+            )
             for r in cur.all(
-                    f"SELECT a.invoice_id, a.revision, a.customer_id, a.period, a.status, "
-                    f"a.total, a.lines, b.status AS b_status, b.total AS b_total, "
-                    f"b.lines AS b_lines FROM {left} a LEFT JOIN {right} b ON "
-                    f"a.invoice_id = b.invoice_id AND a.revision = b.revision "
-                    f"WHERE 1 = 1{only}{differ}"):
+                f"SELECT a.invoice_id, a.revision, a.customer_id, a.period, a.status, "
+                f"a.total, a.lines, b.status AS b_status, b.total AS b_total, "
+                f"b.lines AS b_lines FROM {left} a LEFT JOIN {right} b ON "
+                f"a.invoice_id = b.invoice_id AND a.revision = b.revision "
+                f"WHERE 1 = 1{only}{differ}"
+            ):
                 mine = view(r["status"], r["total"], r["lines"])
                 theirs = view(r["b_status"], r["b_total"], r["b_lines"])
-                changed.append({"invoice_id": r["invoice_id"], "customer_id": r["customer_id"],
-                                "period": r["period"], "revision": int(r["revision"]),
-                                "before": theirs if flip else mine,
-                                "after": mine if flip else theirs})
+                changed.append(
+                    {
+                        "invoice_id": r["invoice_id"],
+                        "customer_id": r["customer_id"],
+                        "period": r["period"],
+                        "revision": int(r["revision"]),
+                        "before": theirs if flip else mine,
+                        "after": mine if flip else theirs,
+                    }
+                )
         return sorted(changed, key=lambda c: (c["customer_id"], c["period"], c["revision"]))

@@ -28,20 +28,30 @@ def decode_cursor(cursor: str | None, *kinds: type) -> list[Any] | None:
         parts = json.loads(base64.urlsafe_b64decode(cursor.encode()))
     except (ValueError, TypeError):
         parts = None
-    if not isinstance(parts, list) or len(parts) != len(kinds) or not all(
-            type(part) is kind for part, kind in zip(parts, kinds, strict=True)):
+    if (
+        not isinstance(parts, list)
+        or len(parts) != len(kinds)
+        or not all(type(part) is kind for part, kind in zip(parts, kinds, strict=True))
+    ):
         raise InvalidCursor("cursor is not one this service gave out")
     return parts
 
 
 def invoice_view(row: dict[str, Any]) -> dict[str, Any]:
-    return {"invoice_id": row["invoice_id"], "customer_id": row["customer_id"],
-            "period": row["period"], "revision": int(row["revision"]), "status": row["status"],
-            "currency": row["currency"], "lines": json.loads(row["lines"]),
-            "total": row["total"], "lineage_digest": row["lineage_digest"],
-            "plan_id": row["plan_id"],
-            "plan_version": None if row["plan_version"] is None else int(row["plan_version"]),
-            "issued_at": row["issued_at"]}
+    return {
+        "invoice_id": row["invoice_id"],
+        "customer_id": row["customer_id"],
+        "period": row["period"],
+        "revision": int(row["revision"]),
+        "status": row["status"],
+        "currency": row["currency"],
+        "lines": json.loads(row["lines"]),
+        "total": row["total"],
+        "lineage_digest": row["lineage_digest"],
+        "plan_id": row["plan_id"],
+        "plan_version": None if row["plan_version"] is None else int(row["plan_version"]),
+        "issued_at": row["issued_at"],
+    }
 
 
 Plan = tuple[str, int] | None
@@ -54,29 +64,38 @@ class InvoiceReads:
     def t(self, table: str) -> str:
         return self.p.t(table)
 
-    def meters(self, cur: Cursor, customer_id: str, period: str,
-               as_of: str | None) -> dict[str, dict[str, Any]]:
+    def meters(
+        self, cur: Cursor, customer_id: str, period: str, as_of: str | None
+    ) -> dict[str, dict[str, Any]]:
         if as_of is None:
-            rows = cur.all(f"SELECT * FROM {self.t('balances')} WHERE customer_id = ? "
-                           "AND period = ?", [customer_id, period])
+            rows = cur.all(
+                f"SELECT * FROM {self.t('balances')} WHERE customer_id = ? AND period = ?",
+                [customer_id, period],
+            )
             return {r["meter"]: totals_from_row(r) for r in rows}
         meters: dict[str, dict[str, Any]] = {}
-        for r in cur.all(f"SELECT * FROM {self.t('deltas')} WHERE customer_id = ? AND "
-                         "period = ? AND kind = ? AND received_at <= ? ORDER BY position",
-                         [customer_id, period, BILLED, as_of]):
+        for r in cur.all(
+            f"SELECT * FROM {self.t('deltas')} WHERE customer_id = ? AND "
+            "period = ? AND kind = ? AND received_at <= ? ORDER BY position",
+            [customer_id, period, BILLED, as_of],
+        ):
             totals = meters.setdefault(r["meter"], new_totals(r["aggregation"], r["field"]))
             add_totals(totals, totals_from_row(r))
         return meters
 
-    def issued(self, cur: Cursor, customer_id: str, period: str,
-               as_of: str | None) -> list[dict[str, Any]]:
-        rows = cur.all(f"SELECT * FROM {self.t('invoices')} WHERE customer_id = ? AND "
-                       "period = ? AND status <> 'draft' ORDER BY revision",
-                       [customer_id, period])
+    def issued(
+        self, cur: Cursor, customer_id: str, period: str, as_of: str | None
+    ) -> list[dict[str, Any]]:
+        rows = cur.all(
+            f"SELECT * FROM {self.t('invoices')} WHERE customer_id = ? AND "
+            "period = ? AND status <> 'draft' ORDER BY revision",
+            [customer_id, period],
+        )
         return [r for r in rows if as_of is None or r["issued_at"] <= as_of]
 
-    def charges_for(self, cur: Cursor, customer: dict[str, Any], period: str,
-                    issued: list[dict[str, Any]]) -> tuple[tuple[Charge, ...], Plan]:
+    def charges_for(
+        self, cur: Cursor, customer: dict[str, Any], period: str, issued: list[dict[str, Any]]
+    ) -> tuple[tuple[Charge, ...], Plan]:
         plan: Plan
         if issued and issued[-1]["plan_id"]:
             plan = (issued[-1]["plan_id"], int(issued[-1]["plan_version"]))
@@ -85,45 +104,60 @@ class InvoiceReads:
         return self.p.charges(cur, plan), plan
 
     def customer(self, cur: Cursor, customer_id: str) -> dict[str, Any] | None:
-        return cur.one(f"SELECT * FROM {self.t('customers')} WHERE customer_id = ?",
-                       [customer_id])
+        return cur.one(f"SELECT * FROM {self.t('customers')} WHERE customer_id = ?", [customer_id])
 
-    def usage(self, cur: Cursor, customer_id: str, period: str,
-              as_of: str | None) -> list[dict[str, Any]]:
+    def usage(
+        self, cur: Cursor, customer_id: str, period: str, as_of: str | None
+    ) -> list[dict[str, Any]]:
         customer = self.customer(cur, customer_id)
         if customer is None:
             return []
         meters = self.meters(cur, customer_id, period, as_of)
-        charges, _ = self.charges_for(cur, customer, period,
-                                      self.issued(cur, customer_id, period, as_of))
+        charges, _ = self.charges_for(
+            cur, customer, period, self.issued(cur, customer_id, period, as_of)
+        )
         currency = customer["currency"]
         from billing_domain.usage import aggregate_quantity
+
         items = []
         for charge in charges:
             totals = meters.get(charge.meter) or new_totals(charge.aggregation, charge.field)
-            items.append({"meter": charge.meter,
-                          "quantity": decimal_text(aggregate_quantity(totals)),
-                          "amount": str(charge_amount(charge, totals, currency)),
-                          "currency": currency})
+            items.append(
+                {
+                    "meter": charge.meter,
+                    "quantity": decimal_text(aggregate_quantity(totals)),
+                    "amount": str(charge_amount(charge, totals, currency)),
+                    "currency": currency,
+                }
+            )
         return items
 
     def period_of_invoice(self, cur: Cursor, invoice_id: str) -> dict[str, Any] | None:
         return cur.one(f"SELECT * FROM {self.t('periods')} WHERE invoice_id = ?", [invoice_id])
 
-    def invoice(self, cur: Cursor, invoice_id: str, revision: int | None,
-                as_of: str | None) -> dict[str, Any] | None:
-        rows = cur.all(f"SELECT * FROM {self.t('invoices')} WHERE invoice_id = ? "
-                       "ORDER BY revision", [invoice_id])
+    def invoice(
+        self, cur: Cursor, invoice_id: str, revision: int | None, as_of: str | None
+    ) -> dict[str, Any] | None:
+        rows = cur.all(
+            f"SELECT * FROM {self.t('invoices')} WHERE invoice_id = ? ORDER BY revision",
+            [invoice_id],
+        )
         if not rows:
             return None
         if as_of is None:
-            chosen = rows[-1] if revision is None else \
-                next((r for r in rows if int(r["revision"]) == revision), None)
+            chosen = (
+                rows[-1]
+                if revision is None
+                else next((r for r in rows if int(r["revision"]) == revision), None)
+            )
             return None if chosen is None else invoice_view(chosen)
         issued = [r for r in rows if r["status"] != "draft" and r["issued_at"] <= as_of]
         if issued:
-            chosen = issued[-1] if revision is None else \
-                next((r for r in issued if int(r["revision"]) == revision), None)
+            chosen = (
+                issued[-1]
+                if revision is None
+                else next((r for r in issued if int(r["revision"]) == revision), None)
+            )
             if chosen is None:
                 return None
             view = invoice_view(chosen)
@@ -131,27 +165,41 @@ class InvoiceReads:
             return view
         if revision not in (None, 1):
             return None
-        return self.draft_as_of(cur, rows[0]["customer_id"], rows[0]["period"], invoice_id,
-                                as_of)
+        return self.draft_as_of(cur, rows[0]["customer_id"], rows[0]["period"], invoice_id, as_of)
 
-    def draft_as_of(self, cur: Cursor, customer_id: str, period: str, invoice_id: str,
-                    as_of: str) -> dict[str, Any] | None:
+    def draft_as_of(
+        self, cur: Cursor, customer_id: str, period: str, invoice_id: str, as_of: str
+    ) -> dict[str, Any] | None:
         customer = self.customer(cur, customer_id)
         if customer is None:
             return None
         charges, plan = self.charges_for(cur, customer, period, [])
         carried = self.p.carried_entries(cur, customer_id, period, as_of)
-        lines = self.p.draft_lines(period, self.meters(cur, customer_id, period, as_of),
-                                   charges, carried, customer["currency"])
-        return {"invoice_id": invoice_id, "customer_id": customer_id, "period": period,
-                "revision": 1, "status": "draft", "currency": customer["currency"],
-                "lines": lines, "total": total_of(lines),
-                "lineage_digest": self.lineage_digest(cur, customer_id, period, as_of),
-                "plan_id": plan[0] if plan else None, "plan_version": plan[1] if plan else None,
-                "issued_at": None}
+        lines = self.p.draft_lines(
+            period,
+            self.meters(cur, customer_id, period, as_of),
+            charges,
+            carried,
+            customer["currency"],
+        )
+        return {
+            "invoice_id": invoice_id,
+            "customer_id": customer_id,
+            "period": period,
+            "revision": 1,
+            "status": "draft",
+            "currency": customer["currency"],
+            "lines": lines,
+            "total": total_of(lines),
+            "lineage_digest": self.lineage_digest(cur, customer_id, period, as_of),
+            "plan_id": plan[0] if plan else None,
+            "plan_version": plan[1] if plan else None,
+            "issued_at": None,
+        }
 
-    def lineage_digest(self, cur: Cursor, customer_id: str, period: str,
-                       as_of: str | None = None) -> str:
+    def lineage_digest(
+        self, cur: Cursor, customer_id: str, period: str, as_of: str | None = None
+    ) -> str:
         """The digest of the billed items the lineage rows point at (received by `as_of`)."""
         acc, items = 0, 0
         for table in ("deltas", "carried"):
@@ -160,14 +208,23 @@ class InvoiceReads:
             if as_of is not None:
                 where += " AND received_at <= ?"
                 params.append(as_of)
-            for r in cur.all(f"SELECT acc, items FROM {self.t(table)} WHERE customer_id = ? "
-                             f"AND period = ?{where}", params):
+            for r in cur.all(
+                f"SELECT acc, items FROM {self.t(table)} WHERE customer_id = ? "
+                f"AND period = ?{where}",
+                params,
+            ):
                 acc = (acc + int(r["acc"], 16)) % DIGEST_MODULUS
                 items += int(r["items"])
         return digest_text(acc, items)
 
-    def invoices(self, cur: Cursor, customer_id: str | None, period: str | None,
-                 cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    def invoices(
+        self,
+        cur: Cursor,
+        customer_id: str | None,
+        period: str | None,
+        cursor: str | None,
+        limit: int,
+    ) -> tuple[list[dict[str, Any]], str | None]:
         where, params = ["1 = 1"], list[Any]()
         if customer_id is not None:
             where.append("customer_id = ?")
@@ -177,13 +234,18 @@ class InvoiceReads:
             params.append(period)
         after = decode_cursor(cursor, str, str, int)
         if after is not None:
-            where.append("(customer_id > ? OR (customer_id = ? AND (period > ? OR "
-                         "(period = ? AND revision > ?))))")
+            where.append(
+                "(customer_id > ? OR (customer_id = ? AND (period > ? OR "
+                "(period = ? AND revision > ?))))"
+            )
             params += [after[0], after[0], after[1], after[1], after[2]]
-        rows = cur.all(f"SELECT invoice_id, customer_id, period, revision, status, total, "
-                       f"currency, issued_at FROM {self.t('invoices')} "
-                       f"WHERE {' AND '.join(where)} ORDER BY customer_id, period, revision "
-                       f"LIMIT ?", [*params, limit + 1])
+        rows = cur.all(
+            f"SELECT invoice_id, customer_id, period, revision, status, total, "
+            f"currency, issued_at FROM {self.t('invoices')} "
+            f"WHERE {' AND '.join(where)} ORDER BY customer_id, period, revision "
+            f"LIMIT ?",
+            [*params, limit + 1],
+        )
         items = [{**r, "revision": int(r["revision"])} for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
@@ -192,16 +254,25 @@ class InvoiceReads:
         return items, next_cursor
 
     def revisions(self, cur: Cursor, invoice_id: str) -> list[dict[str, Any]] | None:
-        rows = cur.all(f"SELECT revision, status, total, issued_at, lineage_digest FROM "
-                       f"{self.t('invoices')} WHERE invoice_id = ? ORDER BY revision",
-                       [invoice_id])
+        rows = cur.all(
+            f"SELECT revision, status, total, issued_at, lineage_digest FROM "
+            f"{self.t('invoices')} WHERE invoice_id = ? ORDER BY revision",
+            [invoice_id],
+        )
         if not rows:
             return None
         result, previous = [], Decimal(0)
         for r in rows:
             total = Decimal(r["total"])
-            result.append({"revision": int(r["revision"]), "status": r["status"],
-                           "total": r["total"], "delta": str(total - previous),
-                           "issued_at": r["issued_at"], "lineage_digest": r["lineage_digest"]})
+            result.append(
+                {
+                    "revision": int(r["revision"]),
+                    "status": r["status"],
+                    "total": r["total"],
+                    "delta": str(total - previous),
+                    "issued_at": r["issued_at"],
+                    "lineage_digest": r["lineage_digest"],
+                }
+            )
             previous = total
         return result

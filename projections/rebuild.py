@@ -15,7 +15,8 @@ def base_name(name: str) -> str:
     base = re.sub(r"_v\d+$", "", name)
     if base not in REGISTRY:
         raise UnknownProjection(
-            f"no projection named {name!r}; known: {', '.join(sorted(REGISTRY))}")
+            f"no projection named {name!r}; known: {', '.join(sorted(REGISTRY))}"
+        )
     return base
 
 
@@ -33,17 +34,24 @@ class Rebuilds:
             for stale in versions:
                 if stale.state in ("building", "ready", "retired"):
                     self.runner.projection(stale).drop(cur)
-                    cur.execute(f"DELETE FROM {TRACKING} WHERE name = ? AND version = ?",
-                                [name, stale.version])
+                    cur.execute(
+                        f"DELETE FROM {TRACKING} WHERE name = ? AND version = ?",
+                        [name, stale.version],
+                    )
             number = max(v.version for v in versions) + 1  # never reuse a retired number
-            cur.execute(f"INSERT INTO {TRACKING} VALUES (?, ?, ?, 'building', 0)",
-                        [name, number, logic])
+            cur.execute(
+                f"INSERT INTO {TRACKING} VALUES (?, ?, ?, 'building', 0)", [name, number, logic]
+            )
             version = Version(name, number, logic, "building", 0)
             self.runner.projection(version).create(cur)
         return version
 
-    def build(self, version: Version, progress: Callable[[int, int], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> int:
+    def build(
+        self,
+        version: Version,
+        progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> int:
         """Catch the new version up with the log from position zero, batch by batch."""
         position = self.runner.catch_up(version, progress=progress, should_stop=should_stop)
         self._set_state(version, "ready", "building")
@@ -61,13 +69,19 @@ class Rebuilds:
             if self.runner.catch_up(version) >= head:
                 break
         with self.runner.store.write() as cur:
-            cur.execute(f"UPDATE {TRACKING} SET state = 'retired' WHERE name = ? AND "
-                        "state = 'live'", [version.name])
-            cur.execute(f"UPDATE {TRACKING} SET state = 'live' WHERE name = ? AND version = ?",
-                        [version.name, version.version])
+            cur.execute(
+                f"UPDATE {TRACKING} SET state = 'retired' WHERE name = ? AND state = 'live'",
+                [version.name],
+            )
+            cur.execute(
+                f"UPDATE {TRACKING} SET state = 'live' WHERE name = ? AND version = ?",
+                [version.name, version.version],
+            )
         return self.runner.live(version.name)
 
     def _set_state(self, version: Version, state: str, only_from: str) -> None:
         with self.runner.store.write() as cur:
-            cur.execute(f"UPDATE {TRACKING} SET state = ? WHERE name = ? AND version = ? "
-                        "AND state = ?", [state, version.name, version.version, only_from])
+            cur.execute(
+                f"UPDATE {TRACKING} SET state = ? WHERE name = ? AND version = ? AND state = ?",
+                [state, version.name, version.version, only_from],
+            )

@@ -98,13 +98,20 @@ class Scan:
 
 def _in_scope(period: str | None, customer_id: str | None) -> Callable[[str, str], bool]:
     def check(owner_customer: str, owner_period: str) -> bool:
-        return (period is None or owner_period == period) and \
-            (customer_id is None or owner_customer == customer_id)
+        return (period is None or owner_period == period) and (
+            customer_id is None or owner_customer == customer_id
+        )
+
     return check
 
 
-def scan_log(app: BillingApplication, in_scope: Callable[[str, str], bool], *,
-             keep_records: bool, progress: Progress | None = None) -> Scan:
+def scan_log(
+    app: BillingApplication,
+    in_scope: Callable[[str, str], bool],
+    *,
+    keep_records: bool,
+    progress: Progress | None = None,
+) -> Scan:
     """Read every stored event up to the log's current end, decode it from its bytes, feed
     in-scope billing periods to their ledgers and note what does not decode or load."""
     scan = Scan(stop=int(app.recorder.max_notification_id() or 0))
@@ -122,8 +129,13 @@ def scan_log(app: BillingApplication, in_scope: Callable[[str, str], bool], *,
     return scan
 
 
-def _scan_one(app: BillingApplication, scan: Scan, n: Any, in_scope: Callable[[str, str], bool],
-              keep_records: bool) -> None:
+def _scan_one(
+    app: BillingApplication,
+    scan: Scan,
+    n: Any,
+    in_scope: Callable[[str, str], bool],
+    keep_records: bool,
+) -> None:
     owner = scan.owners.get(n.originator_id)
     if n.originator_id in scan.ledgers:  # the replay covers events that fail to decode here
         ledger = scan.ledgers[n.originator_id]
@@ -131,10 +143,17 @@ def _scan_one(app: BillingApplication, scan: Scan, n: Any, in_scope: Callable[[s
 
     def drift(detail: str) -> None:
         scan.drifted.add(n.originator_id)
-        scan.findings.append(Finding(
-            "decode", SCHEMA_DRIFT, detail, customer_id=owner[0] if owner else None,
-            period=owner[1] if owner else None, position=n.id,
-            actual=f"{n.topic} v{n.originator_version} of {n.originator_id}"))
+        scan.findings.append(
+            Finding(
+                "decode",
+                SCHEMA_DRIFT,
+                detail,
+                customer_id=owner[0] if owner else None,
+                period=owner[1] if owner else None,
+                position=n.id,
+                actual=f"{n.topic} v{n.originator_version} of {n.originator_id}",
+            )
+        )
 
     try:
         cls = resolve_topic(n.topic)
@@ -149,8 +168,10 @@ def _scan_one(app: BillingApplication, scan: Scan, n: Any, in_scope: Callable[[s
     stored_version = state.get("class_version", 1)
     code_version = getattr(cls, "class_version", 1)
     if not isinstance(stored_version, int) or stored_version > code_version:
-        drift(f"written as class version {stored_version}; this code knows up to "
-              f"{code_version} and cannot upcast it")
+        drift(
+            f"written as class version {stored_version}; this code knows up to "
+            f"{code_version} and cannot upcast it"
+        )
         return
     try:
         app.mapper.to_domain_event(n)
@@ -159,16 +180,23 @@ def _scan_one(app: BillingApplication, scan: Scan, n: Any, in_scope: Callable[[s
         return
     if not n.topic.startswith(PERIOD_TOPIC):
         return
-    name = n.topic[len(PERIOD_TOPIC):]
+    name = n.topic[len(PERIOD_TOPIC) :]
     if name == "Opened":
         owner = scan.owners[n.originator_id] = (state["customer_id"], state["period"])
         if in_scope(*owner):
             scan.ledgers[n.originator_id] = PeriodLedger(
-                n.originator_id, owner[0], owner[1], keep_records=keep_records)
+                n.originator_id, owner[0], owner[1], keep_records=keep_records
+            )
     if owner is None:
-        scan.findings.append(Finding(
-            "decode", TAMPERING, "event of a billing period whose opening is not in the log",
-            position=n.id, actual=f"{n.topic} v{n.originator_version} of {n.originator_id}"))
+        scan.findings.append(
+            Finding(
+                "decode",
+                TAMPERING,
+                "event of a billing period whose opening is not in the log",
+                position=n.id,
+                actual=f"{n.topic} v{n.originator_version} of {n.originator_id}",
+            )
+        )
         return
     if name == "UsageRecorded" and keep_records:
         for record in state.get("records", ()):
@@ -198,8 +226,9 @@ def _event_at(app: BillingApplication, position: int) -> tuple[Any, dict[str, An
 
 
 class Reconciliation:
-    def __init__(self, app: BillingApplication, read_models: Any, period: str,
-                 customer_id: str | None) -> None:
+    def __init__(
+        self, app: BillingApplication, read_models: Any, period: str, customer_id: str | None
+    ) -> None:
         self.app = app
         self.read_models = read_models
         self.period = period
@@ -212,12 +241,15 @@ class Reconciliation:
 
     def run(self, progress: Progress | None = None) -> dict[str, Any]:
         started = time.perf_counter()
-        scan = scan_log(self.app, _in_scope(self.period, self.customer_id), keep_records=True,
-                        progress=progress)
-        self.findings += [f for f in scan.findings
-                          if f.period in (None, self.period)
-                          and (self.customer_id is None or f.customer_id in (None,
-                                                                             self.customer_id))]
+        scan = scan_log(
+            self.app, _in_scope(self.period, self.customer_id), keep_records=True, progress=progress
+        )
+        self.findings += [
+            f
+            for f in scan.findings
+            if f.period in (None, self.period)
+            and (self.customer_id is None or f.customer_id in (None, self.customer_id))
+        ]
         self.scan = scan
         self._duplicates(scan)
         keys = self._index_rows(list(scan.ledgers))
@@ -252,12 +284,18 @@ class Reconciliation:
             "seconds": round(time.perf_counter() - started, 3),
         }
 
-    def _add(self, ledger: PeriodLedger, check: str, cause: str, detail: str,
-             **extra: Any) -> None:
-        self.findings.append(Finding(check, cause, detail, customer_id=ledger.customer_id,
-                                     period=ledger.period,
-                                     invoice_id=invoice_id(ledger.customer_id, ledger.period),
-                                     **extra))
+    def _add(self, ledger: PeriodLedger, check: str, cause: str, detail: str, **extra: Any) -> None:
+        self.findings.append(
+            Finding(
+                check,
+                cause,
+                detail,
+                customer_id=ledger.customer_id,
+                period=ledger.period,
+                invoice_id=invoice_id(ledger.customer_id, ledger.period),
+                **extra,
+            )
+        )
 
     def _explained(self, ledger: PeriodLedger, fallback: str) -> str:
         """A disagreement that follows from a named defect of the period's events says so."""
@@ -277,26 +315,49 @@ class Reconciliation:
                 if found is None:
                     break
                 n, state = found
-                record = next((r for r in state.get("records", ())
-                               if r[0] == event_id and r[1] == customer_id), None)
+                record = next(
+                    (
+                        r
+                        for r in state.get("records", ())
+                        if r[0] == event_id and r[1] == customer_id
+                    ),
+                    None,
+                )
                 if record is None:
                     break  # a hash collision, not the same id
-                where.append((scan.owners.get(n.originator_id, ("?", "?")), record[4],
-                              n.originator_id, position))
+                where.append(
+                    (
+                        scan.owners.get(n.originator_id, ("?", "?")),
+                        record[4],
+                        n.originator_id,
+                        position,
+                    )
+                )
             if len(where) != 2:
                 continue
-            if not any(owner[1] == self.period and (self.customer_id in (None, owner[0]))
-                       for owner, *_ in where):
+            if not any(
+                owner[1] == self.period and (self.customer_id in (None, owner[0]))
+                for owner, *_ in where
+            ):
                 continue
             self.duplicated.add((customer_id, event_id))
             (o1, t1, id1, p1), (o2, t2, id2, p2) = where
             times = "at the same time" if t1 == t2 else "with different times"
-            self.findings.append(Finding(
-                "event_id", DUPLICATE_EVENT_ID,
-                f"event id {event_id!r} of customer {customer_id!r} is recorded twice, "
-                f"{times}: in {o1[0]}/{o1[1]} at position {p1} and in {o2[0]}/{o2[1]} "
-                f"at position {p2}", customer_id=customer_id, period=self.period,
-                event_id=event_id, position=p2, expected=t1, actual=t2))
+            self.findings.append(
+                Finding(
+                    "event_id",
+                    DUPLICATE_EVENT_ID,
+                    f"event id {event_id!r} of customer {customer_id!r} is recorded twice, "
+                    f"{times}: in {o1[0]}/{o1[1]} at position {p1} and in {o2[0]}/{o2[1]} "
+                    f"at position {p2}",
+                    customer_id=customer_id,
+                    period=self.period,
+                    event_id=event_id,
+                    position=p2,
+                    expected=t1,
+                    actual=t2,
+                )
+            )
             for originator_id in (id1, id2):
                 if originator_id in scan.ledgers:
                     self.tampered.add(originator_id)
@@ -308,15 +369,28 @@ class Reconciliation:
                 occurred = datetime.fromisoformat(u.occurred_at)
                 received = datetime.fromisoformat(u.received_at)
             except ValueError:
-                self._add(ledger, "event_time", SCHEMA_DRIFT, "times do not parse",
-                          event_id=u.event_id, position=u.position, meter=u.meter)
+                self._add(
+                    ledger,
+                    "event_time",
+                    SCHEMA_DRIFT,
+                    "times do not parse",
+                    event_id=u.event_id,
+                    position=u.position,
+                    meter=u.meter,
+                )
                 continue
             if occurred > received + skew:
-                self._add(ledger, "event_time", CLOCK_DRIFT,
-                          f"occurred {occurred - received} after it was received "
-                          f"(allowed skew {skew})", event_id=u.event_id, meter=u.meter,
-                          position=u.position, expected=f"<= {u.received_at} + {skew}",
-                          actual=u.occurred_at)
+                self._add(
+                    ledger,
+                    "event_time",
+                    CLOCK_DRIFT,
+                    f"occurred {occurred - received} after it was received (allowed skew {skew})",
+                    event_id=u.event_id,
+                    meter=u.meter,
+                    position=u.position,
+                    expected=f"<= {u.received_at} + {skew}",
+                    actual=u.occurred_at,
+                )
 
     def _index_rows(self, originator_ids: list[UUID]) -> dict[UUID, list[Any]]:
         rows: dict[UUID, list[Any]] = {}
@@ -337,69 +411,121 @@ class Reconciliation:
                 if key in self.duplicated:
                     continue
                 self.tampered.add(ledger.originator_id)
-                self._add(ledger, "index", TAMPERING,
-                          "record is in the log but no ingest indexed it here: written "
-                          "outside the application", event_id=u.event_id, meter=u.meter,
-                          position=u.position, actual=u.quantity)
+                self._add(
+                    ledger,
+                    "index",
+                    TAMPERING,
+                    "record is in the log but no ingest indexed it here: written "
+                    "outside the application",
+                    event_id=u.event_id,
+                    meter=u.meter,
+                    position=u.position,
+                    actual=u.quantity,
+                )
                 continue
             matched.add(key)
             if row.payload_hash != u.payload_hash_now:
                 self.tampered.add(ledger.originator_id)
-                self._add(ledger, "index", TAMPERING,
-                          "stored record no longer matches the payload that was ingested",
-                          event_id=u.event_id, meter=u.meter, position=u.position,
-                          expected=f"{row.meter} {row.quantity}",
-                          actual=f"{u.meter} {u.quantity}")
+                self._add(
+                    ledger,
+                    "index",
+                    TAMPERING,
+                    "stored record no longer matches the payload that was ingested",
+                    event_id=u.event_id,
+                    meter=u.meter,
+                    position=u.position,
+                    expected=f"{row.meter} {row.quantity}",
+                    actual=f"{u.meter} {u.quantity}",
+                )
         for key, row in usage.items():
             if key not in matched and key not in self.duplicated:
                 self.tampered.add(ledger.originator_id)
-                self._add(ledger, "index", TAMPERING,
-                          "ingested record is missing from the log", event_id=row.key,
-                          meter=row.meter, expected=row.quantity, actual=None)
+                self._add(
+                    ledger,
+                    "index",
+                    TAMPERING,
+                    "ingested record is missing from the log",
+                    event_id=row.key,
+                    meter=row.meter,
+                    expected=row.quantity,
+                    actual=None,
+                )
         seen = {(c.kind, c.key): c for c in ledger.corrections}
         for key, row in corrections.items():
             stored = seen.get(key)
             if stored is None or (stored.meter, stored.quantity) != (row.meter, row.quantity):
                 self.tampered.add(ledger.originator_id)
-                self._add(ledger, "index", TAMPERING,
-                          f"{row.kind} {row.key!r} in the log does not match its index entry",
-                          meter=row.meter, expected=f"{row.meter} {row.quantity}",
-                          actual=None if stored is None else f"{stored.meter} {stored.quantity}",
-                          position=None if stored is None else stored.position)
+                self._add(
+                    ledger,
+                    "index",
+                    TAMPERING,
+                    f"{row.kind} {row.key!r} in the log does not match its index entry",
+                    meter=row.meter,
+                    expected=f"{row.meter} {row.quantity}",
+                    actual=None if stored is None else f"{stored.meter} {stored.quantity}",
+                    position=None if stored is None else stored.position,
+                )
         for key, stored in seen.items():
             if key not in corrections:
                 self.tampered.add(ledger.originator_id)
-                self._add(ledger, "index", TAMPERING,
-                          f"{stored.kind} {stored.key!r} is in the log but was never indexed",
-                          meter=stored.meter, position=stored.position, actual=stored.quantity)
+                self._add(
+                    ledger,
+                    "index",
+                    TAMPERING,
+                    f"{stored.kind} {stored.key!r} is in the log but was never indexed",
+                    meter=stored.meter,
+                    position=stored.position,
+                    actual=stored.quantity,
+                )
 
     def _digests(self, ledger: PeriodLedger) -> None:
         for rev in ledger.revisions:
             if rev.recorded_digest != rev.recomputed_digest:
                 self.tampered.add(ledger.originator_id)
-                self._add(ledger, "digest", TAMPERING,
-                          f"revision {rev.revision}'s lineage digest recorded at issue no "
-                          "longer matches the events it covers", revision=rev.revision,
-                          position=rev.position, expected=rev.recorded_digest,
-                          actual=rev.recomputed_digest)
+                self._add(
+                    ledger,
+                    "digest",
+                    TAMPERING,
+                    f"revision {rev.revision}'s lineage digest recorded at issue no "
+                    "longer matches the events it covers",
+                    revision=rev.revision,
+                    position=rev.position,
+                    expected=rev.recorded_digest,
+                    actual=rev.recomputed_digest,
+                )
 
     def _pricing(self, ledger: PeriodLedger) -> None:
         for rev in ledger.revisions:
             try:
                 drifted = repriced_lines(rev.data)
             except Exception as error:
-                self._add(ledger, "pricing", SCHEMA_DRIFT,
-                          f"revision {rev.revision} cannot be priced by this code: {error}",
-                          revision=rev.revision, position=rev.position)
+                self._add(
+                    ledger,
+                    "pricing",
+                    SCHEMA_DRIFT,
+                    f"revision {rev.revision} cannot be priced by this code: {error}",
+                    revision=rev.revision,
+                    position=rev.position,
+                )
                 continue
             for d in drifted:
-                what = (f"line {d['line']} ({d['meter']}, quantity {d['quantity']})"
-                        if d["line"] is not None else "the total (sum of the lines)")
-                self._add(ledger, "pricing", LOGIC_DRIFT,
-                          f"revision {rev.revision}: {what} was issued at {d['issued']}; "
-                          f"current logic gives {d['now']}. The issued invoice stands.",
-                          revision=rev.revision, meter=d["meter"], position=rev.position,
-                          expected=d["issued"], actual=d["now"])
+                what = (
+                    f"line {d['line']} ({d['meter']}, quantity {d['quantity']})"
+                    if d["line"] is not None
+                    else "the total (sum of the lines)"
+                )
+                self._add(
+                    ledger,
+                    "pricing",
+                    LOGIC_DRIFT,
+                    f"revision {rev.revision}: {what} was issued at {d['issued']}; "
+                    f"current logic gives {d['now']}. The issued invoice stands.",
+                    revision=rev.revision,
+                    meter=d["meter"],
+                    position=rev.position,
+                    expected=d["issued"],
+                    actual=d["now"],
+                )
 
     # Replay ---------------------------------------------------------------------------------
 
@@ -409,27 +535,49 @@ class Reconciliation:
             for event in self.app.events.get(ledger.originator_id, lte=ledger.last_version):
                 aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
         except Exception as error:
-            self._add(ledger, "raw_vs_replay", self._explained(ledger, UNEXPLAINED),
-                      f"the aggregate does not replay: {type(error).__name__}: {error}")
+            self._add(
+                ledger,
+                "raw_vs_replay",
+                self._explained(ledger, UNEXPLAINED),
+                f"the aggregate does not replay: {type(error).__name__}: {error}",
+            )
             return None
         assert isinstance(aggregate, BillingPeriod)
         for meter in sorted(set(ledger.billed) | set(aggregate.billed)):
             raw, replayed = ledger.billed.get(meter), aggregate.billed.get(meter)
             if _totals_differ(raw, replayed):
-                self._add(ledger, "raw_vs_replay", self._explained(ledger, UNEXPLAINED),
-                          "replayed totals differ from the stored records", meter=meter,
-                          expected=_quantity(raw), actual=_quantity(replayed))
-        carried = {(v["from_period"], v["meter"]): {"quantity": v["quantity"],
-                                                   "amount": v["amount"]}
-                   for v in aggregate.carried_in.values()}
+                self._add(
+                    ledger,
+                    "raw_vs_replay",
+                    self._explained(ledger, UNEXPLAINED),
+                    "replayed totals differ from the stored records",
+                    meter=meter,
+                    expected=_quantity(raw),
+                    actual=_quantity(replayed),
+                )
+        carried = {
+            (v["from_period"], v["meter"]): {"quantity": v["quantity"], "amount": v["amount"]}
+            for v in aggregate.carried_in.values()
+        }
         if carried != ledger.carried_in:
-            self._add(ledger, "raw_vs_replay", self._explained(ledger, UNEXPLAINED),
-                      "carried-forward usage differs between stored events and replay")
-        if (aggregate.lineage_digest, aggregate.revision) != (ledger.lineage_digest,
-                                                               len(ledger.revisions)):
-            self._add(ledger, "raw_vs_replay", self._explained(ledger, UNEXPLAINED),
-                      "replayed lineage digest or revision count differs from the stored "
-                      "events", expected=ledger.lineage_digest, actual=aggregate.lineage_digest)
+            self._add(
+                ledger,
+                "raw_vs_replay",
+                self._explained(ledger, UNEXPLAINED),
+                "carried-forward usage differs between stored events and replay",
+            )
+        if (aggregate.lineage_digest, aggregate.revision) != (
+            ledger.lineage_digest,
+            len(ledger.revisions),
+        ):
+            self._add(
+                ledger,
+                "raw_vs_replay",
+                self._explained(ledger, UNEXPLAINED),
+                "replayed lineage digest or revision count differs from the stored events",
+                expected=ledger.lineage_digest,
+                actual=aggregate.lineage_digest,
+            )
         return aggregate
 
     def _issued(self, ledger: PeriodLedger) -> None:
@@ -441,22 +589,33 @@ class Reconciliation:
             if line.get("kind") == "usage":
                 now = decimal_text(ledger.quantity(line["meter"]))
                 if now != line["quantity"]:
-                    self._add(ledger, "issued_vs_log", self._explained(ledger, TAMPERING),
-                              f"revision {latest.revision} bills {line['quantity']} but its "
-                              f"events now add up to {now}, with no later revision",
-                              revision=latest.revision, meter=line["meter"],
-                              expected=line["quantity"], actual=now)
+                    self._add(
+                        ledger,
+                        "issued_vs_log",
+                        self._explained(ledger, TAMPERING),
+                        f"revision {latest.revision} bills {line['quantity']} but its "
+                        f"events now add up to {now}, with no later revision",
+                        revision=latest.revision,
+                        meter=line["meter"],
+                        expected=line["quantity"],
+                        actual=now,
+                    )
 
     # Read models --------------------------------------------------------------------------
 
     def _projections(self, scan: Scan, replays: dict[UUID, BillingPeriod | None]) -> int:
         reached, error = self._wait_for_read_models(scan.stop)
         if not reached:
-            self.findings.append(Finding(
-                "projection", SCHEMA_DRIFT if scan.drifted else PROJECTION_BEHIND,
-                "the read models did not reach the log's position, so they were not compared"
-                + (f": {error}" if error else ""), period=self.period,
-                position=scan.stop))
+            self.findings.append(
+                Finding(
+                    "projection",
+                    SCHEMA_DRIFT if scan.drifted else PROJECTION_BEHIND,
+                    "the read models did not reach the log's position, so they were not compared"
+                    + (f": {error}" if error else ""),
+                    period=self.period,
+                    position=scan.stop,
+                )
+            )
             return 0
         compared = 0
         for ledger in sorted(scan.ledgers.values(), key=lambda x: x.customer_id):
@@ -469,8 +628,9 @@ class Reconciliation:
                 del self.findings[before:]
         return compared
 
-    def _wait_for_read_models(self, position: int,
-                              timeout: float = 60.0) -> tuple[bool, str | None]:
+    def _wait_for_read_models(
+        self, position: int, timeout: float = 60.0
+    ) -> tuple[bool, str | None]:
         """Let the read models reach the scanned position; give up at once when catching up
         fails (an event they cannot read), not only when the time is up."""
         deadline = time.monotonic() + timeout
@@ -485,8 +645,9 @@ class Reconciliation:
                 return False, error
 
     def _changed_since(self, ledger: PeriodLedger) -> bool:
-        return bool(self.app.recorder.select_events(ledger.originator_id,
-                                                    gt=ledger.last_version, limit=1))
+        return bool(
+            self.app.recorder.select_events(ledger.originator_id, gt=ledger.last_version, limit=1)
+        )
 
     def _charges(self, ledger: PeriodLedger) -> tuple[tuple[Charge, ...], str]:
         if ledger.revisions:
@@ -498,11 +659,15 @@ class Reconciliation:
         cause = self._explained(ledger, PARTIAL_WRITE)
         charges, currency = self._charges(ledger)
         billed = aggregate.billed if aggregate is not None else ledger.billed
-        projected = {i["meter"]: i for i in
-                     self.read_models.usage(ledger.customer_id, ledger.period)["items"]}
-        issued_lines = {line["meter"]: line for line in
-                        (ledger.revisions[-1].data["lines"] if ledger.revisions else ())
-                        if line.get("kind") == "usage"}
+        projected = {
+            i["meter"]: i
+            for i in self.read_models.usage(ledger.customer_id, ledger.period)["items"]
+        }
+        issued_lines = {
+            line["meter"]: line
+            for line in (ledger.revisions[-1].data["lines"] if ledger.revisions else ())
+            if line.get("kind") == "usage"
+        }
         for charge in charges:
             totals = billed.get(charge.meter) or new_totals(charge.aggregation, charge.field)
             quantity = decimal_text(aggregate_quantity(totals))
@@ -510,60 +675,112 @@ class Reconciliation:
             got = projected.get(charge.meter)
             seen = (got["quantity"], got["amount"]) if got else None
             issued = issued_lines.get(charge.meter)
-            self.rows.append({
-                "customer_id": ledger.customer_id, "meter": charge.meter,
-                "raw": decimal_text(ledger.quantity(charge.meter)), "replayed": quantity,
-                "projected": seen[0] if seen else None,
-                "issued": issued["quantity"] if issued else None,
-                "amount": amount, "issued_amount": issued["amount"] if issued else None,
-                "status": ledger.status})
+            self.rows.append(
+                {
+                    "customer_id": ledger.customer_id,
+                    "meter": charge.meter,
+                    "raw": decimal_text(ledger.quantity(charge.meter)),
+                    "replayed": quantity,
+                    "projected": seen[0] if seen else None,
+                    "issued": issued["quantity"] if issued else None,
+                    "amount": amount,
+                    "issued_amount": issued["amount"] if issued else None,
+                    "status": ledger.status,
+                }
+            )
             if seen != (quantity, amount):
-                self._add(ledger, "replay_vs_projection", cause,
-                          "usage balance row missing" if got is None else
-                          "usage balance row does not match the replay",
-                          meter=charge.meter, expected=f"{quantity} / {amount}",
-                          actual=None if seen is None else f"{seen[0]} / {seen[1]}")
+                self._add(
+                    ledger,
+                    "replay_vs_projection",
+                    cause,
+                    "usage balance row missing"
+                    if got is None
+                    else "usage balance row does not match the replay",
+                    meter=charge.meter,
+                    expected=f"{quantity} / {amount}",
+                    actual=None if seen is None else f"{seen[0]} / {seen[1]}",
+                )
         self._compare_invoice(ledger, aggregate, charges, currency, cause)
         digest = self.read_models.lineage_digest(ledger.customer_id, ledger.period)
         if digest != ledger.lineage_digest:
-            self._add(ledger, "replay_vs_projection", cause,
-                      "lineage rows do not add up to the period's lineage digest",
-                      expected=ledger.lineage_digest, actual=digest)
+            self._add(
+                ledger,
+                "replay_vs_projection",
+                cause,
+                "lineage rows do not add up to the period's lineage digest",
+                expected=ledger.lineage_digest,
+                actual=digest,
+            )
 
-    def _compare_invoice(self, ledger: PeriodLedger, aggregate: BillingPeriod | None,
-                         charges: tuple[Charge, ...], currency: str, cause: str) -> None:
+    def _compare_invoice(
+        self,
+        ledger: PeriodLedger,
+        aggregate: BillingPeriod | None,
+        charges: tuple[Charge, ...],
+        currency: str,
+        cause: str,
+    ) -> None:
         the_id = invoice_id(ledger.customer_id, ledger.period)
         if ledger.revisions:
-            expected = [{"revision": r.revision, "status": r.status, "total": r.data["total"],
-                         "lines": r.data["lines"], "lineage_digest": r.recorded_digest}
-                        for r in ledger.revisions]
+            expected = [
+                {
+                    "revision": r.revision,
+                    "status": r.status,
+                    "total": r.data["total"],
+                    "lines": r.data["lines"],
+                    "lineage_digest": r.recorded_digest,
+                }
+                for r in ledger.revisions
+            ]
         elif aggregate is not None:
             lines = aggregate.lines([c.to_dict() for c in charges], currency)
-            expected = [{"revision": 1, "status": "draft", "total": total_of(lines),
-                         "lines": lines, "lineage_digest": aggregate.lineage_digest}]
+            expected = [
+                {
+                    "revision": 1,
+                    "status": "draft",
+                    "total": total_of(lines),
+                    "lines": lines,
+                    "lineage_digest": aggregate.lineage_digest,
+                }
+            ]
         else:
             return
         for want in expected:
             got = self.read_models.invoice(the_id, want["revision"])
             if got is None:
-                self._add(ledger, "replay_vs_projection", cause,
-                          f"invoice revision {want['revision']} row missing",
-                          revision=want["revision"], expected=want["total"])
+                self._add(
+                    ledger,
+                    "replay_vs_projection",
+                    cause,
+                    f"invoice revision {want['revision']} row missing",
+                    revision=want["revision"],
+                    expected=want["total"],
+                )
                 continue
             for name in ("status", "total", "lines", "lineage_digest"):
                 mine, theirs = want[name], got[name]
                 if name == "total":
                     mine, theirs = Decimal(mine), Decimal(theirs)
                 if mine != theirs:
-                    self._add(ledger, "replay_vs_projection", cause,
-                              f"invoice revision {want['revision']} {name} differs from "
-                              "the log", revision=want["revision"],
-                              expected=_short(want[name]), actual=_short(got[name]))
+                    self._add(
+                        ledger,
+                        "replay_vs_projection",
+                        cause,
+                        f"invoice revision {want['revision']} {name} differs from the log",
+                        revision=want["revision"],
+                        expected=_short(want[name]),
+                        actual=_short(got[name]),
+                    )
         revisions = self.read_models.revisions(the_id) or []
         if len(revisions) != len(expected):
-            self._add(ledger, "replay_vs_projection", cause,
-                      "the read model lists another number of revisions than the log",
-                      expected=str(len(expected)), actual=str(len(revisions)))
+            self._add(
+                ledger,
+                "replay_vs_projection",
+                cause,
+                "the read model lists another number of revisions than the log",
+                expected=str(len(expected)),
+                actual=str(len(revisions)),
+            )
 
 
 def _totals_differ(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
@@ -591,8 +808,9 @@ def summarise(findings: Iterable[Finding]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def reconcile(services: Any, period: str, customer_id: str | None = None,
-              progress: Progress | None = None) -> dict[str, Any]:
+def reconcile(
+    services: Any, period: str, customer_id: str | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
     """The reconciliation report of one period (optionally one customer's)."""
     check_period(period)
     if customer_id is not None:
@@ -609,14 +827,27 @@ def verify(app: BillingApplication, progress: Progress | None = None) -> dict[st
         for rev in ledger.revisions:
             revisions += 1
             if rev.recorded_digest != rev.recomputed_digest:
-                failures.append({"invoice_id": invoice_id(ledger.customer_id, ledger.period),
-                                 "customer_id": ledger.customer_id, "period": ledger.period,
-                                 "revision": rev.revision, "status": rev.status,
-                                 "recorded": rev.recorded_digest,
-                                 "recomputed": rev.recomputed_digest})
+                failures.append(
+                    {
+                        "invoice_id": invoice_id(ledger.customer_id, ledger.period),
+                        "customer_id": ledger.customer_id,
+                        "period": ledger.period,
+                        "revision": rev.revision,
+                        "status": rev.status,
+                        "recorded": rev.recorded_digest,
+                        "recomputed": rev.recomputed_digest,
+                    }
+                )
     undecodable = [asdict(f) for f in scan.findings]
-    return {"ok": not failures and not undecodable, "position": scan.stop,
-            "checked": {"stored_events": scan.stored_events, "revisions": revisions,
-                        "periods": len(scan.ledgers)},
-            "failures": failures, "undecodable": undecodable,
-            "seconds": round(time.perf_counter() - started, 3)}
+    return {
+        "ok": not failures and not undecodable,
+        "position": scan.stop,
+        "checked": {
+            "stored_events": scan.stored_events,
+            "revisions": revisions,
+            "periods": len(scan.ledgers),
+        },
+        "failures": failures,
+        "undecodable": undecodable,
+        "seconds": round(time.perf_counter() - started, 3),
+    }

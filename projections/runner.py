@@ -58,8 +58,9 @@ def topic_name(topic: str) -> str:
 
 
 class Runner:
-    def __init__(self, app: BillingApplication, store: ViewStore, *,
-                 batch_size: int = 1000) -> None:
+    def __init__(
+        self, app: BillingApplication, store: ViewStore, *, batch_size: int = 1000
+    ) -> None:
         self.app = app
         self.store = store
         self.batch_size = batch_size
@@ -71,23 +72,29 @@ class Runner:
         """Create the tracking table and a live first version of every registered projection."""
         with self.store.write() as cur:
             cur.lock_ddl()
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {TRACKING} (name TEXT NOT NULL, "
-                        "version INTEGER NOT NULL, logic INTEGER NOT NULL, state TEXT NOT NULL, "
-                        "position BIGINT NOT NULL, PRIMARY KEY (name, version))")
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {TRACKING} (name TEXT NOT NULL, "
+                "version INTEGER NOT NULL, logic INTEGER NOT NULL, state TEXT NOT NULL, "
+                "position BIGINT NOT NULL, PRIMARY KEY (name, version))"
+            )
             for name, classes in REGISTRY.items():
                 if cur.one(f"SELECT 1 AS x FROM {TRACKING} WHERE name = ?", [name]) is None:
                     logic = min(classes)
-                    cur.execute(f"INSERT INTO {TRACKING} VALUES (?, 1, ?, 'live', 0) "
-                                "ON CONFLICT DO NOTHING", [name, logic])
+                    cur.execute(
+                        f"INSERT INTO {TRACKING} VALUES (?, 1, ?, 'live', 0) "
+                        "ON CONFLICT DO NOTHING",
+                        [name, logic],
+                    )
                     classes[logic](1).create(cur)
 
     def versions(self, cur: Cursor | None = None) -> list[Version]:
         if cur is None:
             with self.store.read() as read:
                 return self.versions(read)
-        return [Version(r["name"], int(r["version"]), int(r["logic"]), r["state"],
-                        int(r["position"]))
-                for r in cur.all(f"SELECT * FROM {TRACKING} ORDER BY name, version")]
+        return [
+            Version(r["name"], int(r["version"]), int(r["logic"]), r["state"], int(r["position"]))
+            for r in cur.all(f"SELECT * FROM {TRACKING} ORDER BY name, version")
+        ]
 
     def live(self, name: str) -> Version:
         for version in self.versions():
@@ -107,8 +114,7 @@ class Runner:
         stored events: many small events share a transaction, huge ones do not pile up."""
         limit = min(self.batch_size, 10)
         while True:
-            batch = self.app.recorder.select_notifications(start=after + 1, limit=limit,
-                                                           stop=stop)
+            batch = self.app.recorder.select_notifications(start=after + 1, limit=limit, stop=stop)
             if not batch:
                 return
             yield list(batch)
@@ -118,24 +124,36 @@ class Runner:
             average = max(sum(len(n.state) for n in batch) // len(batch), 1)
             limit = max(1, min(self.batch_size, limit * 2, BATCH_BYTES // average))
 
-    def catch_up(self, version: Version, *, stop: int | None = None,
-                 progress: Callable[[int, int], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None,
-                 projection: Projection | None = None) -> int:
+    def catch_up(
+        self,
+        version: Version,
+        *,
+        stop: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        projection: Projection | None = None,
+    ) -> int:
         """Apply everything after the version's position (up to `stop`); return the position."""
         projection = projection or self.projection(version)
         with self._lock(version.key):
             position = self._position(version)
             while True:
                 try:
-                    return self._apply_from(version, projection, position, stop, progress,
-                                            should_stop)
+                    return self._apply_from(
+                        version, projection, position, stop, progress, should_stop
+                    )
                 except PositionMoved:
                     position = self._position(version)
 
-    def _apply_from(self, version: Version, projection: Projection, position: int,
-                    stop: int | None, progress: Callable[[int, int], None] | None,
-                    should_stop: Callable[[], bool] | None) -> int:
+    def _apply_from(
+        self,
+        version: Version,
+        projection: Projection,
+        position: int,
+        stop: int | None,
+        progress: Callable[[int, int], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> int:
         for batch in self.notifications(position, stop):
             events = self.decode(projection, batch)
             self.commit(version, projection, position, batch[-1].id, events)
@@ -146,22 +164,32 @@ class Runner:
                 break
         return position
 
-    def decode(self, projection: Projection,
-               batch: list[Notification]) -> list[tuple[int, str, Any]]:
+    def decode(
+        self, projection: Projection, batch: list[Notification]
+    ) -> list[tuple[int, str, Any]]:
         events = []
         for notification in batch:
             topic = topic_name(notification.topic)
             if topic in projection.topics:
-                events.append((notification.id, topic,
-                               self.app.mapper.to_domain_event(notification)))
+                events.append(
+                    (notification.id, topic, self.app.mapper.to_domain_event(notification))
+                )
         return events
 
-    def commit(self, version: Version, projection: Projection, before: int, after: int,
-               events: list[tuple[int, str, Any]]) -> None:
+    def commit(
+        self,
+        version: Version,
+        projection: Projection,
+        before: int,
+        after: int,
+        events: list[tuple[int, str, Any]],
+    ) -> None:
         with self.store.write() as cur:
-            moved = cur.execute(f"UPDATE {TRACKING} SET position = ? WHERE name = ? AND "
-                                "version = ? AND position = ?",
-                                [after, version.name, version.version, before]).rowcount
+            moved = cur.execute(
+                f"UPDATE {TRACKING} SET position = ? WHERE name = ? AND "
+                "version = ? AND position = ?",
+                [after, version.name, version.version, before],
+            ).rowcount
             if moved != 1:
                 raise PositionMoved(version.key)
             if events:
@@ -169,8 +197,10 @@ class Runner:
 
     def _position(self, version: Version) -> int:
         with self.store.read() as cur:
-            row = cur.one(f"SELECT position FROM {TRACKING} WHERE name = ? AND version = ?",
-                          [version.name, version.version])
+            row = cur.one(
+                f"SELECT position FROM {TRACKING} WHERE name = ? AND version = ?",
+                [version.name, version.version],
+            )
         if row is None:
             raise KeyError(version.key)
         return int(row["position"])

@@ -26,8 +26,14 @@ log = logging.getLogger(__name__)
 class ProjectionService:
     """Implements projections.interface.ReadModels over the live version of each projection."""
 
-    def __init__(self, app: BillingApplication, store: ViewStore, *,
-                 external_worker: bool = False, batch_size: int = 1000) -> None:
+    def __init__(
+        self,
+        app: BillingApplication,
+        store: ViewStore,
+        *,
+        external_worker: bool = False,
+        batch_size: int = 1000,
+    ) -> None:
         self.app = app
         self.store = store
         self.runner = Runner(app, store, batch_size=batch_size)
@@ -50,8 +56,7 @@ class ProjectionService:
         return self.runner.live(name)
 
     def _meta(self, version: Version) -> dict[str, Any]:
-        return {"position": version.position,
-                "lag": max(self.max_position() - version.position, 0)}
+        return {"position": version.position, "lag": max(self.max_position() - version.position, 0)}
 
     def _invoices(self) -> tuple[Version, InvoiceReads]:
         version = self._live("invoices")
@@ -61,17 +66,26 @@ class ProjectionService:
 
     # Reads --------------------------------------------------------------------------------
 
-    def usage(self, customer_id: str, period: str,
-              as_of: datetime | None = None) -> dict[str, Any]:
+    def usage(self, customer_id: str, period: str, as_of: datetime | None = None) -> dict[str, Any]:
         version, reads = self._invoices()
         with self.store.read() as cur:
             items = reads.usage(cur, customer_id, period, _at(as_of))
-        return {"customer_id": customer_id, "period": period, "items": items,
-                "as_of": _at(as_of), **self._meta(version)}
+        return {
+            "customer_id": customer_id,
+            "period": period,
+            "items": items,
+            "as_of": _at(as_of),
+            **self._meta(version),
+        }
 
-    def invoices(self, customer_id: str | None = None, period: str | None = None,
-                 cursor: str | None = None, limit: int = 100,
-                 as_of: datetime | None = None) -> dict[str, Any]:
+    def invoices(
+        self,
+        customer_id: str | None = None,
+        period: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+        as_of: datetime | None = None,
+    ) -> dict[str, Any]:
         version, reads = self._invoices()
         with self.store.read() as cur:
             items, next_cursor = reads.invoices(cur, customer_id, period, cursor, limit)
@@ -81,15 +95,17 @@ class ProjectionService:
         return {"items": items, "next_cursor": next_cursor, **self._meta(version)}
 
     @staticmethod
-    def _as_of_item(reads: InvoiceReads, cur: Any, item: dict[str, Any],
-                    as_of: str | None) -> dict[str, Any] | None:
+    def _as_of_item(
+        reads: InvoiceReads, cur: Any, item: dict[str, Any], as_of: str | None
+    ) -> dict[str, Any] | None:
         view = reads.invoice(cur, item["invoice_id"], item["revision"], as_of)
         if view is None:
             return None
         return {k: view[k] for k in item if k in view}
 
-    def invoice(self, invoice_id: str, revision: int | None = None,
-                as_of: datetime | None = None) -> dict[str, Any] | None:
+    def invoice(
+        self, invoice_id: str, revision: int | None = None, as_of: datetime | None = None
+    ) -> dict[str, Any] | None:
         version, reads = self._invoices()
         with self.store.read() as cur:
             view = reads.invoice(cur, invoice_id, revision, _at(as_of))
@@ -100,8 +116,9 @@ class ProjectionService:
         with self.store.read() as cur:
             return reads.revisions(cur, invoice_id)
 
-    def lineage(self, invoice_id: str, line: int, cursor: str | None = None,
-                limit: int = 100) -> dict[str, Any] | None:
+    def lineage(
+        self, invoice_id: str, line: int, cursor: str | None = None, limit: int = 100
+    ) -> dict[str, Any] | None:
         version, reads = self._invoices()
         with self.store.read() as cur:
             found = LineageReads(self.app, reads).lineage(cur, invoice_id, line, cursor, limit)
@@ -113,9 +130,14 @@ class ProjectionService:
         with self.store.read() as cur:
             return reads.lineage_digest(cur, customer_id, period)
 
-    def audit(self, since: datetime | None = None, until: datetime | None = None,
-              actor: str | None = None, cursor: str | None = None,
-              limit: int = 100) -> dict[str, Any]:
+    def audit(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        actor: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> dict[str, Any]:
         version = self._live("audit")
         projection = self.runner.projection(version)
         assert isinstance(projection, AuditProjection)
@@ -134,20 +156,41 @@ class ProjectionService:
             where.append("position > ?")
             params.append(after[0])
         with self.store.read() as cur:
-            rows = cur.all(f"SELECT * FROM {projection.t('entries')} WHERE "
-                           f"{' AND '.join(where)} ORDER BY position LIMIT ?", [*params, limit + 1])
-        items = [{"position": int(r["position"]), "at": r["at"], "action": r["action"],
-                  "actor": r["actor"], "emitter": r["emitter"], "key_id": r["key_id"],
-                  "subject": r["subject"], "detail": json.loads(r["detail"])}
-                 for r in rows[:limit]]
+            rows = cur.all(
+                f"SELECT * FROM {projection.t('entries')} WHERE "
+                f"{' AND '.join(where)} ORDER BY position LIMIT ?",
+                [*params, limit + 1],
+            )
+        items = [
+            {
+                "position": int(r["position"]),
+                "at": r["at"],
+                "action": r["action"],
+                "actor": r["actor"],
+                "emitter": r["emitter"],
+                "key_id": r["key_id"],
+                "subject": r["subject"],
+                "detail": json.loads(r["detail"]),
+            }
+            for r in rows[:limit]
+        ]
         next_cursor = encode_cursor(items[-1]["position"]) if len(rows) > limit else None
         return {"items": items, "next_cursor": next_cursor, **self._meta(version)}
 
     def status(self) -> list[dict[str, Any]]:
         head = self.max_position()
-        return [{"name": v.name, "version": v.version, "key": v.key, "logic": v.logic,
-                 "position": v.position, "lag": max(head - v.position, 0), "state": v.state}
-                for v in self.runner.versions()]
+        return [
+            {
+                "name": v.name,
+                "version": v.version,
+                "key": v.key,
+                "logic": v.logic,
+                "position": v.position,
+                "lag": max(head - v.position, 0),
+                "state": v.state,
+            }
+            for v in self.runner.versions()
+        ]
 
     # Keeping current ------------------------------------------------------------------------
 
@@ -181,8 +224,7 @@ class ProjectionService:
         if self.external_worker or self.running:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self.run_forever, name="projections",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self.run_forever, name="projections", daemon=True)
         self._thread.start()
 
     def stop_background(self) -> None:
@@ -196,8 +238,9 @@ class ProjectionService:
         """The worker loop: catch up, then wait for new events; errors are kept and retried."""
         while not self._stop.is_set():
             try:
-                if self.max_position() > min((v.position for v in self.runner.versions()
-                                              if v.state == "live"), default=0):
+                if self.max_position() > min(
+                    (v.position for v in self.runner.versions() if v.state == "live"), default=0
+                ):
                     self.catch_up()
                 self.last_error = None
             except Exception as error:
@@ -216,13 +259,19 @@ class ProjectionService:
             current = self._rebuilding.get(base)
             if current is not None and current["state"] == "building":
                 return dict(current)
-            state: dict[str, Any] = {"name": base, "version": None, "state": "building",
-                                     "position": 0, "target": self.max_position(),
-                                     "error": None}
+            state: dict[str, Any] = {
+                "name": base,
+                "version": None,
+                "state": "building",
+                "position": 0,
+                "target": self.max_position(),
+                "error": None,
+            }
             self._rebuilding[base] = state
             started = dict(state)
-            threading.Thread(target=self._rebuild, args=(state,), name=f"rebuild-{base}",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._rebuild, args=(state,), name=f"rebuild-{base}", daemon=True
+            ).start()
             return started
 
     def rebuild_state(self, name: str) -> dict[str, Any] | None:

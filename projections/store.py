@@ -95,8 +95,9 @@ class SQLiteViewStore(ViewStore):
         self._keeper = self._connect()  # an in-memory database lives while one connection does
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, uri=self.uri, isolation_level=None, timeout=30,
-                               check_same_thread=False)
+        conn = sqlite3.connect(
+            self.path, uri=self.uri, isolation_level=None, timeout=30, check_same_thread=False
+        )
         conn.row_factory = sqlite3.Row
         if not self.uri:
             set_wal_mode(conn)
@@ -149,14 +150,20 @@ class PostgresViewStore(ViewStore):
         from psycopg_pool import ConnectionPool
 
         self.schema = env.get("POSTGRES_SCHEMA") or "public"
-        conninfo = (f"dbname={env['POSTGRES_DBNAME']} host={env['POSTGRES_HOST']} "
-                    f"port={env['POSTGRES_PORT']} user={env['POSTGRES_USER']}")
-        kwargs: dict[str, Any] = {"row_factory": dict_row, "autocommit": True,
-                                  "options": f"-c search_path={self.schema}"}
+        conninfo = (
+            f"dbname={env['POSTGRES_DBNAME']} host={env['POSTGRES_HOST']} "
+            f"port={env['POSTGRES_PORT']} user={env['POSTGRES_USER']}"
+        )
+        kwargs: dict[str, Any] = {
+            "row_factory": dict_row,
+            "autocommit": True,
+            "options": f"-c search_path={self.schema}",
+        }
         if env.get("POSTGRES_PASSWORD"):
             kwargs["password"] = env["POSTGRES_PASSWORD"]
-        self.pool = ConnectionPool(conninfo, min_size=1, max_size=6, kwargs=kwargs, open=True,
-                                   name="billing-views")
+        self.pool = ConnectionPool(
+            conninfo, min_size=1, max_size=6, kwargs=kwargs, open=True, name="billing-views"
+        )
 
     @contextmanager
     def write(self) -> Iterator[Cursor]:

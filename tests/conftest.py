@@ -17,8 +17,9 @@ import pytest
 from billing_domain.application import BillingApplication
 from billing_domain.settings import Settings
 
-POSTGRES_URL = os.environ.get("BILLING_TEST_POSTGRES_URL",
-                              "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "BILLING_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 STORES = ["sqlite", "postgres"]
 
 

@@ -15,15 +15,23 @@ from billing_domain.usage import UsageInput
 
 
 def main(database_url: str, seed: int) -> None:
-    app = BillingApplication(Settings(database_url=database_url),
-                             clock=lambda: datetime(2026, 11, 24, 12, tzinfo=UTC))
+    app = BillingApplication(
+        Settings(database_url=database_url), clock=lambda: datetime(2026, 11, 24, 12, tzinfo=UTC)
+    )
     ids = list(range(1000))
     random.Random(seed).shuffle(ids)
     statuses: Counter[str] = Counter()
     for start in range(0, 1000, 50):
-        batch = [UsageInput(f"race-{i}", "acme", "api_calls", Decimal(1),
-                            datetime(2026, 10, 1 + i % 28, tzinfo=UTC))
-                 for i in ids[start:start + 50]]
+        batch = [
+            UsageInput(
+                f"race-{i}",
+                "acme",
+                "api_calls",
+                Decimal(1),
+                datetime(2026, 10, 1 + i % 28, tzinfo=UTC),
+            )
+            for i in ids[start : start + 50]
+        ]
         statuses.update(r.status for r in app.record_usage(batch))
     app.close()
     print(json.dumps(statuses))

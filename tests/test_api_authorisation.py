@@ -10,19 +10,48 @@ from tests.api_support import ADMIN, bearer, event, http, setup_acme
 ENDPOINTS = [  # (family, method, path, body)
     ("ingest", "POST", "/v1/usage", event("m-1")),
     ("ingest", "POST", "/v1/usage/batch", {"events": [event("m-2")]}),
-    ("ingest", "POST", "/v1/customers/acme/usage/seed/compensations",
-     {"compensation_id": "mc", "reason": "r", "quantity": "0.1"}),
-    ("manage", "POST", "/v1/customers/acme/adjustments",
-     {"adjustment_id": "ma", "meter": "api_calls", "quantity": "1",
-      "occurred_at": "2026-10-05T10:00:00Z", "reason": "r"}),
+    (
+        "ingest",
+        "POST",
+        "/v1/customers/acme/usage/seed/compensations",
+        {"compensation_id": "mc", "reason": "r", "quantity": "0.1"},
+    ),
+    (
+        "manage",
+        "POST",
+        "/v1/customers/acme/adjustments",
+        {
+            "adjustment_id": "ma",
+            "meter": "api_calls",
+            "quantity": "1",
+            "occurred_at": "2026-10-05T10:00:00Z",
+            "reason": "r",
+        },
+    ),
     ("manage", "POST", "/v1/customers", {"customer_id": "m-cust", "name": "M"}),
     ("manage", "PATCH", "/v1/customers/acme", {"name": "Acme Renamed"}),
-    ("manage", "POST", "/v1/plans", {"plan_id": "m-plan", "currency": "USD", "charges": [
-        {"meter": "api_calls", "model": "per_unit", "unit_amount": "1"}]}),
-    ("manage", "PUT", "/v1/customers/acme/subscription",
-     {"plan_id": "std", "effective_from": "2026-11"}),
-    ("manage", "POST", "/v1/customers/other/merge",
-     {"into": "acme", "effective_at": "2026-11-01T00:00:00Z"}),
+    (
+        "manage",
+        "POST",
+        "/v1/plans",
+        {
+            "plan_id": "m-plan",
+            "currency": "USD",
+            "charges": [{"meter": "api_calls", "model": "per_unit", "unit_amount": "1"}],
+        },
+    ),
+    (
+        "manage",
+        "PUT",
+        "/v1/customers/acme/subscription",
+        {"plan_id": "std", "effective_from": "2026-11"},
+    ),
+    (
+        "manage",
+        "POST",
+        "/v1/customers/other/merge",
+        {"into": "acme", "effective_at": "2026-11-01T00:00:00Z"},
+    ),
     ("manage", "POST", "/v1/keys", {"role": "finance", "name": "m-key"}),
     ("manage", "POST", "/v1/emitters", {"emitter_id": "m-emitter", "name": "M"}),
     ("manage", "POST", "/v1/emitters/svc/grants", {"customer_id": "*", "meters": ["*"]}),
@@ -42,12 +71,11 @@ ROLES = ["admin", "operator", "finance", "emitter"]
 def world(settings, clock):
     with http(settings, clock) as (client, services):
         setup_acme(client)
-        client.post("/v1/customers", json={"customer_id": "other", "name": "Other"},
-                    headers=ADMIN)
-        client.post("/v1/emitters", json={"emitter_id": "svc", "name": "Service"},
-                    headers=ADMIN)
-        client.post("/v1/emitters/svc/grants", json={"customer_id": "*", "meters": ["*"]},
-                    headers=ADMIN)
+        client.post("/v1/customers", json={"customer_id": "other", "name": "Other"}, headers=ADMIN)
+        client.post("/v1/emitters", json={"emitter_id": "svc", "name": "Service"}, headers=ADMIN)
+        client.post(
+            "/v1/emitters/svc/grants", json={"customer_id": "*", "meters": ["*"]}, headers=ADMIN
+        )
         client.post("/v1/usage", json=event("seed", 5), headers=ADMIN)
         keys = {}
         for role in ROLES:
@@ -74,11 +102,16 @@ def test_every_role_gets_exactly_what_its_role_allows(world):
     assert surprises == []
 
 
-@pytest.mark.parametrize("headers", [
-    {}, {"Authorization": "Bearer"}, {"Authorization": "Basic abc"},
-    {"Authorization": "Bearer bk_0123456789abcdef_not-a-real-secret"},
-    {"Authorization": "Bearer nonsense"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer bk_0123456789abcdef_not-a-real-secret"},
+        {"Authorization": "Bearer nonsense"},
+    ],
+)
 def test_a_missing_or_unknown_key_is_401_everywhere(world, headers):
     client, _ = world
     for _, method, path, body in ENDPOINTS:
@@ -92,7 +125,8 @@ def test_a_refused_emitter_is_audited_with_its_key_id_never_the_key(world):
     key = keys["finance"]
     assert client.post("/v1/usage", json=event("x"), headers=bearer(key)).status_code == 403
     audit = client.get("/v1/audit?limit=1000", headers=ADMIN).json()["items"]
-    refused = [a for a in audit if a["action"] == "request.refused"
-               and a["key_id"] == key.split("_")[1]]
+    refused = [
+        a for a in audit if a["action"] == "request.refused" and a["key_id"] == key.split("_")[1]
+    ]
     assert refused and "finance" in refused[-1]["detail"]["reason"]
     assert key not in str(audit)

@@ -20,9 +20,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_two_processes_racing_the_same_1000_ids_count_each_once(app, database_url):
     customer(app)
-    workers = [subprocess.Popen([sys.executable, "-m", "tests.race_worker", database_url, str(seed)],
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for seed in (1, 2)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.race_worker", database_url, str(seed)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
     totals: Counter[str] = Counter()
     for worker in workers:
         out, err = worker.communicate(timeout=240)
@@ -37,15 +44,22 @@ def test_two_processes_racing_the_same_1000_ids_count_each_once(app, database_ur
 def test_an_account_stored_before_late_usage_policies_still_loads(app):
     fixture = json.loads((ROOT / "tests/fixtures/customer_opened_v1.json").read_text())
     assert customer_uuid("legacy-co") == UUID(fixture["originator_id"])
-    app.recorder.insert_events([StoredEvent(
-        originator_id=UUID(fixture["originator_id"]),
-        originator_version=fixture["originator_version"],
-        topic=fixture["topic"],
-        state=fixture["state"].encode(),
-    )])
+    app.recorder.insert_events(
+        [
+            StoredEvent(
+                originator_id=UUID(fixture["originator_id"]),
+                originator_version=fixture["originator_version"],
+                topic=fixture["topic"],
+                state=fixture["state"].encode(),
+            )
+        ]
+    )
     legacy = app.get_customer("legacy-co")
-    assert (legacy.name, legacy.currency, legacy.late_usage_policy) == \
-        ("Legacy Co", "EUR", "carry_forward")
+    assert (legacy.name, legacy.currency, legacy.late_usage_policy) == (
+        "Legacy Co",
+        "EUR",
+        "carry_forward",
+    )
     legacy_renamed = app.update_customer("legacy-co", name="Legacy Company")
     assert app.get_customer("legacy-co").name == legacy_renamed.name == "Legacy Company"
 
@@ -53,14 +67,23 @@ def test_an_account_stored_before_late_usage_policies_still_loads(app):
 def test_processes_starting_together_on_an_empty_store_all_start(database_url):
     # Each process imports first, then waits for the same instant, so the table creation
     # (events, keys, snapshots) of all of them overlaps.
-    code = ("import sys, time; from billing_domain.application import BillingApplication; "
-            "from billing_domain.settings import Settings; "
-            "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); "
-            "BillingApplication(Settings(database_url=sys.argv[1])).close(); print('started')")
+    code = (
+        "import sys, time; from billing_domain.application import BillingApplication; "
+        "from billing_domain.settings import Settings; "
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); "
+        "BillingApplication(Settings(database_url=sys.argv[1])).close(); print('started')"
+    )
     at = str(time.time() + 3.0)
-    starting = [subprocess.Popen([sys.executable, "-c", code, database_url, at], cwd=ROOT,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for _ in range(6)]
+    starting = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, database_url, at],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
     for process in starting:
         out, err = process.communicate(timeout=120)
         assert process.returncode == 0, err[-2000:]

@@ -60,14 +60,32 @@ def test_merged_customers_cannot_be_merged_again_or_be_merge_targets(app):
 
 
 def test_a_period_loaded_from_its_snapshot_invoices_the_same(app, settings, clock):
-    customer(app, charges=[
-        {"meter": "api_calls", "aggregation": "sum", "model": "per_unit", "unit_amount": "0.001"},
-        {"meter": "users", "aggregation": "unique_count", "field": "u", "model": "per_unit",
-         "unit_amount": "1"},
-    ], plan="snap")
+    customer(
+        app,
+        charges=[
+            {
+                "meter": "api_calls",
+                "aggregation": "sum",
+                "model": "per_unit",
+                "unit_amount": "0.001",
+            },
+            {
+                "meter": "users",
+                "aggregation": "unique_count",
+                "field": "u",
+                "model": "per_unit",
+                "unit_amount": "1",
+            },
+        ],
+        plan="snap",
+    )
     for b in range(205):  # a snapshot is taken every 200 period events
-        app.record_usage([usage(f"e{b}", "1.5", at(3)),
-                          usage(f"u{b}", 1, at(3), meter="users", u=f"user-{b % 7}")])
+        app.record_usage(
+            [
+                usage(f"e{b}", "1.5", at(3)),
+                usage(f"u{b}", 1, at(3), meter="users", u=f"user-{b % 7}"),
+            ]
+        )
     expected = app.invoice("acme", "2026-10")
     fresh = BillingApplication(settings, clock=clock)
     try:

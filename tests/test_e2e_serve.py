@@ -23,20 +23,33 @@ def free_port() -> int:
 
 
 def billing(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120, check=True)
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
 
 
 def test_a_new_user_serves_ingests_closes_and_reads_an_invoice(database_url):
     admin = secrets.token_urlsafe(24)
     env = {**os.environ, "BILLING_DATABASE_URL": database_url, "BILLING_ADMIN_KEY": admin}
     created = billing("keys", "create", "--role", "operator", "--name", "ops", env=env)
-    operator = next(line.split()[-1] for line in created.stdout.splitlines()
-                    if line.startswith("key:"))
+    operator = next(
+        line.split()[-1] for line in created.stdout.splitlines() if line.startswith("key:")
+    )
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -49,35 +62,70 @@ def test_a_new_user_serves_ingests_closes_and_reads_an_invoice(database_url):
             assert server.poll() is None, server.stdout.read() if server.stdout else ""
             assert time.monotonic() < deadline, "billing serve did not become healthy"
             time.sleep(0.2)
-        with httpx.Client(base_url=base, timeout=30,
-                          headers={"Authorization": f"Bearer {admin}"}) as client:
-            assert client.post("/v1/customers", json={"customer_id": "acme",
-                                                      "name": "Acme"}).status_code == 201
-            assert client.post("/v1/plans", json={"plan_id": "std", "currency": "USD", "charges": [
-                {"meter": "api_calls", "model": "per_unit", "unit_amount": "0.002"}]},
-            ).status_code == 201
-            this_month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0,
-                                                   microsecond=0)
+        with httpx.Client(
+            base_url=base, timeout=30, headers={"Authorization": f"Bearer {admin}"}
+        ) as client:
+            assert (
+                client.post(
+                    "/v1/customers", json={"customer_id": "acme", "name": "Acme"}
+                ).status_code
+                == 201
+            )
+            assert (
+                client.post(
+                    "/v1/plans",
+                    json={
+                        "plan_id": "std",
+                        "currency": "USD",
+                        "charges": [
+                            {"meter": "api_calls", "model": "per_unit", "unit_amount": "0.002"}
+                        ],
+                    },
+                ).status_code
+                == 201
+            )
+            this_month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
             last_month = (this_month - timedelta(days=1)).replace(day=1)
             period = last_month.strftime("%Y-%m")
-            assert client.put("/v1/customers/acme/subscription", json={
-                "plan_id": "std", "effective_from": period}).status_code == 200
-            events = [{"event_id": f"e{i}", "customer_id": "acme", "meter": "api_calls",
-                       "quantity": "250", "occurred_at": (last_month + timedelta(hours=i))
-                       .isoformat()} for i in range(8)]
+            assert (
+                client.put(
+                    "/v1/customers/acme/subscription",
+                    json={"plan_id": "std", "effective_from": period},
+                ).status_code
+                == 200
+            )
+            events = [
+                {
+                    "event_id": f"e{i}",
+                    "customer_id": "acme",
+                    "meter": "api_calls",
+                    "quantity": "250",
+                    "occurred_at": (last_month + timedelta(hours=i)).isoformat(),
+                }
+                for i in range(8)
+            ]
             batch = client.post("/v1/usage/batch", json={"events": events})
             assert [r["status"] for r in batch.json()["results"]] == ["accepted"] * 8
             assert client.post("/v1/usage", json=events[0]).json()["status"] == "duplicate"
-            closed = client.post(f"/v1/customers/acme/periods/{period}/close",
-                                 headers={"Authorization": f"Bearer {operator}"})
+            closed = client.post(
+                f"/v1/customers/acme/periods/{period}/close",
+                headers={"Authorization": f"Bearer {operator}"},
+            )
             assert closed.status_code == 200 and closed.json()["total"] == "4.00"
-            listed = client.get("/v1/invoices", params={"customer_id": "acme",
-                                                        "period": period}).json()["items"]
+            listed = client.get(
+                "/v1/invoices", params={"customer_id": "acme", "period": period}
+            ).json()["items"]
             assert [(i["status"], i["total"]) for i in listed] == [("issued", "4.00")]
             invoice = client.get(f"/v1/invoices/{listed[0]['invoice_id']}").json()
-            assert invoice["lines"] == [{"meter": "api_calls", "quantity": "2000",
-                                         "amount": "4.00", "kind": "usage",
-                                         "usage_period": period}]
+            assert invoice["lines"] == [
+                {
+                    "meter": "api_calls",
+                    "quantity": "2000",
+                    "amount": "4.00",
+                    "kind": "usage",
+                    "usage_period": period,
+                }
+            ]
             assert client.get("/schema/openapi.json").status_code == 200
     finally:
         server.terminate()

@@ -38,18 +38,20 @@ def test_a_same_id_conflict_keeps_the_first_and_is_kept_for_audit(app):
     result = app.record_usage([usage("evt-1", 999, at(5))])[0]
     assert result.status == "conflict"
     assert line(app.invoice("acme", "2026-10"))["quantity"] == "10"
-    facts = [app.mapper.to_domain_event(n) for n in
-             app.recorder.select_notifications(start=1, limit=1000)]
-    conflicts = [f for f in facts if isinstance(f, AuditFact.Recorded)
-                 and f.action == "usage.conflict"]
+    facts = [
+        app.mapper.to_domain_event(n)
+        for n in app.recorder.select_notifications(start=1, limit=1000)
+    ]
+    conflicts = [
+        f for f in facts if isinstance(f, AuditFact.Recorded) and f.action == "usage.conflict"
+    ]
     assert len(conflicts) == 1
     assert conflicts[0].detail["event_id"] == "evt-1"
 
 
 def test_duplicates_inside_one_batch_are_recognised(app):
     customer(app)
-    results = app.record_usage([usage("a", 1, at(5)), usage("a", 1, at(5)),
-                                usage("a", 2, at(5))])
+    results = app.record_usage([usage("a", 1, at(5)), usage("a", 1, at(5)), usage("a", 2, at(5))])
     assert [r.status for r in results] == ["accepted", "duplicate", "conflict"]
     assert line(app.invoice("acme", "2026-10"))["quantity"] == "1"
 
@@ -80,11 +82,13 @@ def test_a_merge_splits_usage_at_effective_at(app):
     customer(app, "oldco")
     customer(app, "newco")
     app.merge_customer("oldco", "newco", at(15))
-    results = app.record_usage([
-        usage("before", 100, at(14, hour=23), "oldco"),
-        usage("after", 40, at(15), "oldco"),
-        usage("own", 5, at(16), "newco"),
-    ])
+    results = app.record_usage(
+        [
+            usage("before", 100, at(14, hour=23), "oldco"),
+            usage("after", 40, at(15), "oldco"),
+            usage("own", 5, at(16), "newco"),
+        ]
+    )
     assert all(r.status == "accepted" for r in results)
     assert line(app.invoice("oldco", "2026-10"))["quantity"] == "100"
     assert line(app.invoice("newco", "2026-10"))["quantity"] == "45"
@@ -100,16 +104,24 @@ def test_late_usage_is_carried_forward_at_its_marginal_price(app):
     issued = app.close_period("acme", "2026-10")
     assert issued["status"] == "issued" and issued["total"] == "9.90"
     result = app.record_usage([usage("late", 30, at(30))])[0]
-    assert (result.status, result.period, result.treatment) == \
-        ("accepted", "2026-10", "carried_forward")
+    assert (result.status, result.period, result.treatment) == (
+        "accepted",
+        "2026-10",
+        "carried_forward",
+    )
     # The closed invoice is not edited.
     assert app.invoice("acme", "2026-10")["total"] == "9.90"
     assert app.invoice("acme", "2026-10")["revision"] == 1
     november = app.invoice("acme", "2026-11")
     carried = line(november, "carried_forward", usage_period="2026-10")
     # 1020 priced (10.00 + 0.10 + 2.00) minus 990 priced (9.90)
-    assert carried == {"meter": "api_calls", "quantity": "30", "amount": "2.20",
-                       "kind": "carried_forward", "usage_period": "2026-10"}
+    assert carried == {
+        "meter": "api_calls",
+        "quantity": "30",
+        "amount": "2.20",
+        "kind": "carried_forward",
+        "usage_period": "2026-10",
+    }
     assert november["total"] == "2.20"
 
 
@@ -161,16 +173,21 @@ def test_a_manual_adjustment_is_a_signed_correction_with_a_reason(app):
     result = app.adjust("acme", "adj-1", "api_calls", D(-40), at(7), "goodwill credit")
     assert result["status"] == "accepted"
     assert line(app.invoice("acme", "2026-10"))["quantity"] == "60"
-    assert app.adjust("acme", "adj-1", "api_calls", D(-40), at(7),
-                      "goodwill credit")["status"] == "duplicate"
+    assert (
+        app.adjust("acme", "adj-1", "api_calls", D(-40), at(7), "goodwill credit")["status"]
+        == "duplicate"
+    )
 
 
 def test_a_plan_migration_leaves_earlier_periods_untouched(app):
     customer(app)
     app.record_usage([usage("sep", 2000, at(10, month=9)), usage("oct", 2000, at(10))])
     app.close_period("acme", "2026-09")
-    app.publish_plan("pro", "USD", [{"meter": "api_calls", "aggregation": "sum",
-                                     "model": "per_unit", "unit_amount": "0.002"}])
+    app.publish_plan(
+        "pro",
+        "USD",
+        [{"meter": "api_calls", "aggregation": "sum", "model": "per_unit", "unit_amount": "0.002"}],
+    )
     app.subscribe("acme", "pro", "2026-10")
     september = app.invoice("acme", "2026-09")
     assert september["plan_id"] == "std" and september["total"] == "17.00"
@@ -182,19 +199,32 @@ def test_a_plan_migration_leaves_earlier_periods_untouched(app):
 
 
 def test_max_and_count_meters_aggregate_net_of_compensations(app):
-    customer(app, charges=[
-        {"meter": "storage_gb", "aggregation": "max", "model": "per_unit", "unit_amount": "1"},
-        {"meter": "logins", "aggregation": "count", "model": "per_unit", "unit_amount": "0.5"},
-        {"meter": "users", "aggregation": "unique_count", "field": "user",
-         "model": "per_unit", "unit_amount": "2"},
-    ], plan="mixed")
-    app.record_usage([
-        usage("s1", 30, at(3), meter="storage_gb"), usage("s2", 70, at(4), meter="storage_gb"),
-        usage("l1", 1, at(3), meter="logins"), usage("l2", 1, at(3), meter="logins"),
-        usage("u1", 1, at(3), meter="users", user="ann"),
-        usage("u2", 1, at(4), meter="users", user="ann"),
-        usage("u3", 1, at(5), meter="users", user="bob"),
-    ])
+    customer(
+        app,
+        charges=[
+            {"meter": "storage_gb", "aggregation": "max", "model": "per_unit", "unit_amount": "1"},
+            {"meter": "logins", "aggregation": "count", "model": "per_unit", "unit_amount": "0.5"},
+            {
+                "meter": "users",
+                "aggregation": "unique_count",
+                "field": "user",
+                "model": "per_unit",
+                "unit_amount": "2",
+            },
+        ],
+        plan="mixed",
+    )
+    app.record_usage(
+        [
+            usage("s1", 30, at(3), meter="storage_gb"),
+            usage("s2", 70, at(4), meter="storage_gb"),
+            usage("l1", 1, at(3), meter="logins"),
+            usage("l2", 1, at(3), meter="logins"),
+            usage("u1", 1, at(3), meter="users", user="ann"),
+            usage("u2", 1, at(4), meter="users", user="ann"),
+            usage("u3", 1, at(5), meter="users", user="bob"),
+        ]
+    )
     invoice = app.invoice("acme", "2026-10")
     assert line(invoice, meter="storage_gb")["quantity"] == "70"
     assert line(invoice, meter="logins")["quantity"] == "2"
@@ -209,13 +239,16 @@ def test_max_and_count_meters_aggregate_net_of_compensations(app):
     assert invoice["total"] == "32.50"
 
 
-@pytest.mark.parametrize(("item", "error", "field"), [
-    (usage("x", 1, at(5), customer_id="nobody"), "unknown_customer", "customer_id"),
-    (usage("x", 1, at(5), meter="bogus"), "unknown_meter", "meter"),
-    (usage("x", -1, at(5)), "negative_quantity", "quantity"),
-    (usage("x", 1, at(24, month=11, hour=13)), "occurred_in_future", "occurred_at"),
-    (usage("x", 1, at(1, month=10, year=2025)), "occurred_before_horizon", "occurred_at"),
-])
+@pytest.mark.parametrize(
+    ("item", "error", "field"),
+    [
+        (usage("x", 1, at(5), customer_id="nobody"), "unknown_customer", "customer_id"),
+        (usage("x", 1, at(5), meter="bogus"), "unknown_meter", "meter"),
+        (usage("x", -1, at(5)), "negative_quantity", "quantity"),
+        (usage("x", 1, at(24, month=11, hour=13)), "occurred_in_future", "occurred_at"),
+        (usage("x", 1, at(1, month=10, year=2025)), "occurred_before_horizon", "occurred_at"),
+    ],
+)
 def test_refused_usage_names_the_field_and_reason(app, item, error, field):
     customer(app)
     before = app.recorder.max_notification_id()
@@ -249,13 +282,20 @@ def test_an_emitter_ingests_only_within_its_grants(app, clock):
     _, key = app.create_key("emitter", "checkout prod key", "checkout-service")
     app.grant("checkout-service", "acme", ["api_calls"])
     principal = app.authenticate(key)
-    results = app.record_usage([usage("ok", 1, at(5)),
-                                usage("other", 1, at(5), customer_id="globex"),
-                                usage("meter", 1, at(5), meter="storage_gb")], principal)
+    results = app.record_usage(
+        [
+            usage("ok", 1, at(5)),
+            usage("other", 1, at(5), customer_id="globex"),
+            usage("meter", 1, at(5), meter="storage_gb"),
+        ],
+        principal,
+    )
     assert [r.status for r in results] == ["accepted", "rejected", "rejected"]
     assert {r.code for r in results[1:]} == {"not_authorised"}
-    refusals = [app.mapper.to_domain_event(n) for n in
-                app.recorder.select_notifications(start=1, limit=1000)]
+    refusals = [
+        app.mapper.to_domain_event(n)
+        for n in app.recorder.select_notifications(start=1, limit=1000)
+    ]
     refused = [f for f in refusals if isinstance(f, AuditFact.Recorded)]
     assert len(refused) == 2
     assert {f.emitter for f in refused} == {"checkout-service"}
@@ -276,13 +316,14 @@ def test_a_grant_is_bounded_by_its_window_and_can_be_withdrawn(app, clock):
     customer(app)
     app.register_emitter("batch-job", "Nightly batch job")
     _, key = app.create_key("emitter", "batch key", "batch-job")
-    grant = app.grant("batch-job", "*", ["*"], valid_from=at(1, month=11),
-                      valid_until=at(25, month=11))
-    assert app.record_usage([usage("in", 1, at(5))], app.authenticate(key))[0].status == \
-        "accepted"
+    grant = app.grant(
+        "batch-job", "*", ["*"], valid_from=at(1, month=11), valid_until=at(25, month=11)
+    )
+    assert app.record_usage([usage("in", 1, at(5))], app.authenticate(key))[0].status == "accepted"
     clock.advance(days=2)  # past valid_until
-    assert app.record_usage([usage("late", 1, at(5))], app.authenticate(key))[0].status == \
-        "rejected"
+    assert (
+        app.record_usage([usage("late", 1, at(5))], app.authenticate(key))[0].status == "rejected"
+    )
     clock.advance(days=-2)
     app.revoke_grant("batch-job", grant["grant_id"])
     refused = app.record_usage([usage("gone", 1, at(5))], app.authenticate(key))[0]

@@ -35,13 +35,19 @@ class WholeUnitDrafts(InvoicesProjection):
 
     logic = 2
 
-    def draft_lines(self, period: str, meters: dict[str, dict[str, Any]],
-                    charges: Sequence[Charge], carried: list[dict[str, Any]],
-                    currency: str) -> list[dict[str, Any]]:
+    def draft_lines(
+        self,
+        period: str,
+        meters: dict[str, dict[str, Any]],
+        charges: Sequence[Charge],
+        carried: list[dict[str, Any]],
+        currency: str,
+    ) -> list[dict[str, Any]]:
         lines = super().draft_lines(period, meters, charges, carried, currency)
         for line in lines:
-            line["amount"] = str(Decimal(line["amount"]).to_integral_value(ROUND_CEILING)
-                                 .quantize(Decimal("0.01")))
+            line["amount"] = str(
+                Decimal(line["amount"]).to_integral_value(ROUND_CEILING).quantize(Decimal("0.01"))
+            )
         return lines
 
 
@@ -66,7 +72,8 @@ def test_a_full_rebuild_equals_the_live_view(services: Services, clock: Clock) -
 
 
 def test_a_new_rounding_rule_changes_exactly_the_drafts_it_should(
-        services: Services, clock: Clock, whole_unit_logic: None) -> None:
+    services: Services, clock: Clock, whole_unit_logic: None
+) -> None:
     a_month_of_business(services, clock)
     customer(services.app, "initech")
     services.app.record_usage([usage("i1", 100, at(2, 11), customer_id="initech")])
@@ -74,8 +81,12 @@ def test_a_new_rounding_rule_changes_exactly_the_drafts_it_should(
     models.catch_up()
     acme_draft = invoice_id("acme", "2026-11")
     before = models.invoice(acme_draft)
-    result = CliRunner().invoke(main, ["projections", "rebuild", "invoices"], input="n\n",
-                                env={"BILLING_DATABASE_URL": services.settings.database_url})
+    result = CliRunner().invoke(
+        main,
+        ["projections", "rebuild", "invoices"],
+        input="n\n",
+        env={"BILLING_DATABASE_URL": services.settings.database_url},
+    )
     assert result.exit_code == 0, result.output
     assert "1 difference(s)" in result.output and acme_draft in result.output
     assert "reads unchanged" in result.output
@@ -92,12 +103,15 @@ def test_a_new_rounding_rule_changes_exactly_the_drafts_it_should(
     models.rebuilds.switch(version)
     after = models.invoice(acme_draft)
     assert after["total"] == changes[0]["after"]["total"]
-    assert models.invoice(invoice_id("acme", "2026-10"))["total"] == \
-        services.app.invoice("acme", "2026-10")["total"]
+    assert (
+        models.invoice(invoice_id("acme", "2026-10"))["total"]
+        == services.app.invoice("acme", "2026-10")["total"]
+    )
 
 
 def test_a_rebuild_requested_over_the_api_switches_when_caught_up(
-        services: Services, clock: Clock) -> None:
+    services: Services, clock: Clock
+) -> None:
     a_month_of_business(services, clock)
     models = services.read_models
     models.catch_up()
@@ -109,12 +123,15 @@ def test_a_rebuild_requested_over_the_api_switches_when_caught_up(
         time.sleep(0.02)
     assert models.rebuild_state("invoices")["state"] == "live"
     assert models.runner.live("invoices").version == 2
-    assert models.invoice(invoice_id("acme", "2026-11"))["total"] == \
-        services.app.invoice("acme", "2026-11")["total"]
+    assert (
+        models.invoice(invoice_id("acme", "2026-11"))["total"]
+        == services.app.invoice("acme", "2026-11")["total"]
+    )
 
 
 def test_as_of_answers_as_known_before_and_after_a_late_event(
-        services: Services, clock: Clock) -> None:
+    services: Services, clock: Clock
+) -> None:
     app, models = services.app, services.read_models
     customer(app, "acme")
     app.record_usage([usage("e1", 1200, at(5)), usage("s1", 4, at(5), meter="storage_gb")])
@@ -128,11 +145,15 @@ def test_as_of_answers_as_known_before_and_after_a_late_event(
     october = invoice_id("acme", "2026-10")
 
     early = models.usage("acme", "2026-10", as_of=first_known)["items"]
-    assert [(i["meter"], i["quantity"]) for i in early] == [("api_calls", "1200"),
-                                                            ("storage_gb", "4")]
+    assert [(i["meter"], i["quantity"]) for i in early] == [
+        ("api_calls", "1200"),
+        ("storage_gb", "4"),
+    ]
     late = models.usage("acme", "2026-10")["items"]
-    assert [(i["meter"], i["quantity"]) for i in late] == [("api_calls", "1500"),
-                                                           ("storage_gb", "9")]
+    assert [(i["meter"], i["quantity"]) for i in late] == [
+        ("api_calls", "1500"),
+        ("storage_gb", "9"),
+    ]
 
     draft_then = models.invoice(october, as_of=first_known)
     assert draft_then["status"] == "draft"
@@ -140,8 +161,10 @@ def test_as_of_answers_as_known_before_and_after_a_late_event(
     draft_later = models.invoice(october, as_of=then_draft)
     assert draft_later["status"] == "draft" and draft_later["total"] == "16.75"
     issued = models.invoice(october)
-    assert issued["status"] == "issued" and issued["total"] == \
-        app.invoice("acme", "2026-10")["total"] == "16.75"
+    assert (
+        issued["status"] == "issued"
+        and issued["total"] == app.invoice("acme", "2026-10")["total"] == "16.75"
+    )
     assert draft_later["lineage_digest"] == issued["lineage_digest"]
     assert models.invoice(october, as_of=clock.now)["status"] == "issued"
 
@@ -163,9 +186,13 @@ def test_merged_usage_is_read_on_the_surviving_customer(services: Services) -> N
     customer(app, "acme")
     customer(app, "acme-eu")
     app.merge_customer("acme-eu", "acme", at(15, 11))
-    app.record_usage([usage("x1", 10, at(10, 11), customer_id="acme-eu"),
-                      usage("x2", 20, at(16, 11), customer_id="acme-eu"),
-                      usage("x3", 5, at(17, 11))])
+    app.record_usage(
+        [
+            usage("x1", 10, at(10, 11), customer_id="acme-eu"),
+            usage("x2", 20, at(16, 11), customer_id="acme-eu"),
+            usage("x3", 5, at(17, 11)),
+        ]
+    )
     models.catch_up()
     for customer_id in ("acme", "acme-eu"):
         replay = app.invoice(customer_id, "2026-11")

@@ -44,8 +44,7 @@ class CrashAfter(InvoicesProjection):
         super().apply(cur, events)
 
 
-def assert_views_match_replay(services: Services,
-                              periods: Sequence[tuple[str, str]]) -> None:
+def assert_views_match_replay(services: Services, periods: Sequence[tuple[str, str]]) -> None:
     for customer_id, period in periods:
         replay = services.app.invoice(customer_id, period)
         same_invoice(services.read_models.invoice(invoice_id(customer_id, period)), replay)
@@ -56,7 +55,8 @@ ALL = (("acme", "2026-10"), ("acme", "2026-11"), ("globex", "2026-10"))
 
 @pytest.mark.parametrize("events_before_crash", [3, 11])
 def test_a_crash_mid_batch_then_restart_counts_nothing_twice(
-        services: Services, clock: Clock, events_before_crash: int) -> None:
+    services: Services, clock: Clock, events_before_crash: int
+) -> None:
     a_month_of_business(services, clock)
     runner = Runner(services.app, services.read_models.store, batch_size=4)
     live = runner.live("invoices")
@@ -69,14 +69,17 @@ def test_a_crash_mid_batch_then_restart_counts_nothing_twice(
     assert_views_match_replay(services, ALL)
 
 
-def test_two_runners_on_one_view_apply_each_batch_once(services: Services, clock: Clock,
-                                                       settings: Settings) -> None:
+def test_two_runners_on_one_view_apply_each_batch_once(
+    services: Services, clock: Clock, settings: Settings
+) -> None:
     import threading
+
     a_month_of_business(services, clock)
     other = build(settings, clock=clock)
     try:
-        threads = [threading.Thread(target=m.catch_up)
-                   for m in (services.read_models, other.read_models)]
+        threads = [
+            threading.Thread(target=m.catch_up) for m in (services.read_models, other.read_models)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -97,17 +100,25 @@ def test_the_background_runner_gives_read_your_writes(services: Services, clock:
 
 
 def test_a_killed_worker_process_resumes_without_double_counting(
-        services: Services, settings: Settings, store: str) -> None:
+    services: Services, settings: Settings, store: str
+) -> None:
     customer(services.app, "acme")
     for batch in range(40):
-        services.app.record_usage([usage(f"e{batch}-{n}", n % 7 + 1, at(1 + n % 20, 11))
-                                   for n in range(500)])
+        services.app.record_usage(
+            [usage(f"e{batch}-{n}", n % 7 + 1, at(1 + n % 20, 11)) for n in range(500)]
+        )
     head = services.read_models.max_position()
-    env = {**os.environ, "BILLING_DATABASE_URL": settings.database_url,
-           "BILLING_PROJECTION_BATCH": "2"}
-    worker = subprocess.Popen([sys.executable, "-c", "from api.cli import main; main()",
-                               "projections", "run"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "BILLING_DATABASE_URL": settings.database_url,
+        "BILLING_PROJECTION_BATCH": "2",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "from api.cli import main; main()", "projections", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     blocker = None
     try:
         deadline = time.monotonic() + 30
@@ -126,24 +137,25 @@ def test_a_killed_worker_process_resumes_without_double_counting(
     services.read_models.catch_up()
     assert_views_match_replay(services, [("acme", "2026-11")])
     assert services.read_models.usage("acme", "2026-11")["items"][0]["quantity"] == str(
-        sum(n % 7 + 1 for n in range(500)) * 40)
+        sum(n % 7 + 1 for n in range(500)) * 40
+    )
 
 
 def hold_worker_mid_transaction(database_url: str) -> Any:
     """Lock the draft row the worker writes last in a batch, and return once the worker is
     waiting on it: its balances and deltas for that batch are written but not committed."""
     import psycopg
+
     schema = database_url.rpartition("schema=")[2]
-    blocker = psycopg.connect(database_url.partition("?")[0],
-                              options=f"-c search_path={schema}")
+    blocker = psycopg.connect(database_url.partition("?")[0], options=f"-c search_path={schema}")
     try:
         blocker.execute("SELECT * FROM pj_invoices_v1_invoices FOR UPDATE")
         me = blocker.execute("SELECT pg_backend_pid()").fetchone()[0]
         deadline = time.monotonic() + 10
         # Only a session blocked by this one counts: other tests may be waiting on locks too.
         while not blocker.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
-                [me]).fetchone():
+            "SELECT 1 FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", [me]
+        ).fetchone():
             assert time.monotonic() < deadline, "the worker never reached the locked row"
             time.sleep(0.01)
     except BaseException:

@@ -34,14 +34,24 @@ def world(settings: Any, clock: Any) -> Iterator[Services]:
     app = services.app
     customer(app, "acme")
     customer(app, "beta", policy="restate")
-    app.record_usage([usage("e1", "12.5", at(3)), usage("e2", 3, at(4), meter="storage_gb"),
-                      usage("e3", 1500, at(5), customer_id="beta")])
+    app.record_usage(
+        [
+            usage("e1", "12.5", at(3)),
+            usage("e2", 3, at(4), meter="storage_gb"),
+            usage("e3", 1500, at(5), customer_id="beta"),
+        ]
+    )
     app.compensate("acme", "e1", "c1", Decimal("2"), "duplicate call")
     app.adjust("acme", "a1", "api_calls", Decimal("5"), at(6), "support credit reversal")
     app.close_period("acme", "2026-10")
     app.close_period("beta", "2026-10")
-    app.record_usage([usage("late1", 7, at(9)), usage("late2", 9, at(9), customer_id="beta"),
-                      usage("n1", 4, at(2, month=11))])
+    app.record_usage(
+        [
+            usage("late1", 7, at(9)),
+            usage("late2", 9, at(9), customer_id="beta"),
+            usage("n1", 4, at(2, month=11)),
+        ]
+    )
     services.read_models.catch_up()
     yield services
     services.close()
@@ -59,8 +69,9 @@ def finding(report: dict[str, Any], **match: Any) -> dict[str, Any]:
 
 
 def row(report: dict[str, Any], customer_id: str, meter: str) -> dict[str, Any]:
-    return next(r for r in report["meters"]
-                if r["customer_id"] == customer_id and r["meter"] == meter)
+    return next(
+        r for r in report["meters"] if r["customer_id"] == customer_id and r["meter"] == meter
+    )
 
 
 def test_a_clean_store_reconciles_with_no_finding(world):
@@ -70,8 +81,12 @@ def test_a_clean_store_reconciles_with_no_finding(world):
     assert october["checked"]["records"] == 5  # e1 e2 e3 late2, and late1 carried
     acme = row(october, "acme", "api_calls")
     # 12.5 - 2 compensated + 5 adjusted, at 0.01 a unit: 0.155 rounds half-up to 0.16
-    assert (acme["raw"], acme["replayed"], acme["projected"], acme["issued"]) == \
-        ("15.5", "15.5", "15.5", "15.5")
+    assert (acme["raw"], acme["replayed"], acme["projected"], acme["issued"]) == (
+        "15.5",
+        "15.5",
+        "15.5",
+        "15.5",
+    )
     assert (acme["amount"], acme["issued_amount"]) == ("0.16", "0.16")
     beta = row(october, "beta", "api_calls")
     # restated: 1509 units = 1000 x 0.01 + 509 x 0.005 + 2 flat = 14.545 -> 14.55
@@ -100,8 +115,9 @@ def test_an_altered_stored_quantity_is_named_as_tampering(world, settings):
     assert not any(f["customer_id"] == "beta" for f in report["findings"])
     failed = verify(world.app)
     assert failed["ok"] is False
-    assert [(f["invoice_id"], f["revision"]) for f in failed["failures"]] == \
-        [(invoice_id("acme", "2026-10"), 1)]
+    assert [(f["invoice_id"], f["revision"]) for f in failed["failures"]] == [
+        (invoice_id("acme", "2026-10"), 1)
+    ]
 
 
 def test_a_deleted_balance_row_is_a_partial_write(world, settings):
@@ -127,9 +143,14 @@ def test_an_altered_or_missing_invoice_row_is_a_partial_write(world, settings):
 
 
 def test_an_inserted_event_with_a_drifted_clock_is_named(world, settings):
-    defects.insert_usage(settings, "acme", "2026-11",
-                         [["drift1", "acme", "api_calls", "3", "2026-11-24T13:00:00Z", {}]],
-                         "2026-11-24T12:00:00Z", API_CALLS)
+    defects.insert_usage(
+        settings,
+        "acme",
+        "2026-11",
+        [["drift1", "acme", "api_calls", "3", "2026-11-24T13:00:00Z", {}]],
+        "2026-11-24T12:00:00Z",
+        API_CALLS,
+    )
     report = reconcile(world, "2026-11")
     drift = finding(report, check="event_time", event_id="drift1")
     assert drift["cause"] == "clock_drift" and drift["actual"] == "2026-11-24T13:00:00Z"
@@ -139,15 +160,22 @@ def test_an_inserted_event_with_a_drifted_clock_is_named(world, settings):
 
 
 def test_the_same_event_id_in_two_periods_is_named(world, settings):
-    defects.insert_usage(settings, "acme", "2026-11",
-                         [["e1", "acme", "api_calls", "12.5", "2026-11-02T08:00:00Z", {}]],
-                         "2026-11-24T12:00:00Z", API_CALLS)
+    defects.insert_usage(
+        settings,
+        "acme",
+        "2026-11",
+        [["e1", "acme", "api_calls", "12.5", "2026-11-02T08:00:00Z", {}]],
+        "2026-11-24T12:00:00Z",
+        API_CALLS,
+    )
     for period in ("2026-10", "2026-11"):
         report = reconcile(world, period)
         twice = finding(report, check="event_id", event_id="e1")
         assert twice["cause"] == "duplicate_event_id"
-        assert (twice["expected"], twice["actual"]) == ("2026-10-03T12:00:00Z",
-                                                        "2026-11-02T08:00:00Z")
+        assert (twice["expected"], twice["actual"]) == (
+            "2026-10-03T12:00:00Z",
+            "2026-11-02T08:00:00Z",
+        )
         assert "acme/2026-10" in twice["detail"] and "acme/2026-11" in twice["detail"]
 
 
@@ -167,8 +195,11 @@ def test_a_stored_event_that_no_longer_loads_is_schema_drift(world, settings, de
     drift = finding(report, check="decode")
     assert drift["cause"] == "schema_drift" and drift["customer_id"] == "acme"
     assert f" v{version} of " in drift["actual"]
-    expected_reason = {"unknown topic": "names no class", "newer class version": "class version 7",
-                       "broken state": "does not decode"}[defect]
+    expected_reason = {
+        "unknown topic": "names no class",
+        "newer class version": "class version 7",
+        "broken state": "does not decode",
+    }[defect]
     assert expected_reason in drift["detail"]
     # The period no longer replays, and the report says why.
     assert finding(report, check="raw_vs_replay")["cause"] == "schema_drift"
@@ -203,8 +234,9 @@ def test_the_http_report_names_a_defect(world, settings):
         clean = client.get("/v1/reconciliation?period=2026-10", headers=ADMIN)
         assert clean.status_code == 200 and clean.json()["ok"] is True
         defects.delete_balance(settings, "beta", "2026-10", "api_calls")
-        broken = client.get("/v1/reconciliation?period=2026-10&customer_id=beta",
-                            headers=ADMIN).json()
+        broken = client.get(
+            "/v1/reconciliation?period=2026-10&customer_id=beta", headers=ADMIN
+        ).json()
         assert broken["ok"] is False and broken["summary"] == {"partial_write": 1}
         assert broken["findings"][0]["meter"] == "api_calls"
         bad = client.get("/v1/reconciliation?period=2026-13", headers=ADMIN)
@@ -215,8 +247,7 @@ def _cli(database_url: str, *args: str) -> Any:
     return CliRunner().invoke(cli, list(args), env={"BILLING_DATABASE_URL": database_url})
 
 
-def test_cli_reconcile_and_verify_exit_non_zero_naming_the_defect(world, settings,
-                                                                  database_url):
+def test_cli_reconcile_and_verify_exit_non_zero_naming_the_defect(world, settings, database_url):
     clean = _cli(database_url, "reconcile", "--period", "2026-10", "--json")
     assert clean.exit_code == 0, clean.output
     assert json.loads(clean.output)["ok"] is True
@@ -234,38 +265,70 @@ def test_cli_reconcile_and_verify_exit_non_zero_naming_the_defect(world, setting
 
 
 def test_cli_export_writes_invoices_lines_and_lineage(world, database_url, tmp_path):
-    result = _cli(database_url, "export", "--period", "2026-10", "--customer", "acme",
-                  "--out", str(tmp_path / "csv"))
+    result = _cli(
+        database_url,
+        "export",
+        "--period",
+        "2026-10",
+        "--customer",
+        "acme",
+        "--out",
+        str(tmp_path / "csv"),
+    )
     assert result.exit_code == 0, result.output
     with (tmp_path / "csv" / "invoices.csv").open() as handle:
         invoices = list(csv.DictReader(handle))
-    assert [(i["invoice_id"], i["revision"], i["status"], i["total"]) for i in invoices] == \
-        [(invoice_id("acme", "2026-10"), "1", "issued", "0.91")]
+    assert [(i["invoice_id"], i["revision"], i["status"], i["total"]) for i in invoices] == [
+        (invoice_id("acme", "2026-10"), "1", "issued", "0.91")
+    ]
     with (tmp_path / "csv" / "invoice_lines.csv").open() as handle:
         lines = list(csv.DictReader(handle))
-    assert [(x["meter"], x["quantity"], x["amount"]) for x in lines] == \
-        [("api_calls", "15.5", "0.16"), ("storage_gb", "3", "0.75")]
+    assert [(x["meter"], x["quantity"], x["amount"]) for x in lines] == [
+        ("api_calls", "15.5", "0.16"),
+        ("storage_gb", "3", "0.75"),
+    ]
     with (tmp_path / "csv" / "lineage.csv").open() as handle:
         lineage = list(csv.DictReader(handle))
     assert sorted((x["line"], x["kind"], x["id"], x["quantity"]) for x in lineage) == [
-        ("0", "adjustment", "a1", "5"), ("0", "compensation", "c1", "-2"),
-        ("0", "usage", "e1", "12.5"), ("1", "usage", "e2", "3")]
-    as_json = _cli(database_url, "export", "--period", "2026-10", "--format", "json",
-                   "--out", str(tmp_path / "all.json"))
+        ("0", "adjustment", "a1", "5"),
+        ("0", "compensation", "c1", "-2"),
+        ("0", "usage", "e1", "12.5"),
+        ("1", "usage", "e2", "3"),
+    ]
+    as_json = _cli(
+        database_url,
+        "export",
+        "--period",
+        "2026-10",
+        "--format",
+        "json",
+        "--out",
+        str(tmp_path / "all.json"),
+    )
     assert as_json.exit_code == 0, as_json.output
     document = json.loads((tmp_path / "all.json").read_text())
-    assert sorted((i["customer_id"], i["revision"], i["status"], i["total"])
-                  for i in document["invoices"]) == [
-        ("acme", 1, "issued", "0.91"), ("beta", 1, "superseded", "14.50"),
-        ("beta", 2, "issued", "14.55")]
+    assert sorted(
+        (i["customer_id"], i["revision"], i["status"], i["total"]) for i in document["invoices"]
+    ) == [
+        ("acme", 1, "issued", "0.91"),
+        ("beta", 1, "superseded", "14.50"),
+        ("beta", 2, "issued", "14.55"),
+    ]
 
 
 def test_cli_audit_lists_who_did_what(world, database_url):
     result = _cli(database_url, "audit", "--json", "--actor", "system/-")
     assert result.exit_code == 0, result.output
     actions = [json.loads(line)["action"] for line in result.output.splitlines()]
-    for expected in ("customer.opened", "plan.published", "subscription.changed",
-                     "usage.compensated", "usage.adjusted", "period.closed", "period.restated"):
+    for expected in (
+        "customer.opened",
+        "plan.published",
+        "subscription.changed",
+        "usage.compensated",
+        "usage.adjusted",
+        "period.closed",
+        "period.restated",
+    ):
         assert expected in actions
     none = _cli(database_url, "audit", "--json", "--actor", "nobody/-")
     assert none.exit_code == 0 and none.output == ""
@@ -274,17 +337,24 @@ def test_cli_audit_lists_who_did_what(world, database_url):
 
 
 _customers = iter(range(10**6))
-operations = st.lists(st.one_of(
-    st.tuples(st.just("usage"), st.integers(0, 30), st.integers(1, 900), st.integers(1, 28)),
-    st.tuples(st.just("retry"), st.integers(0, 30)),
-    st.tuples(st.just("compensate"), st.integers(0, 30), st.integers(1, 5)),
-    st.tuples(st.just("adjust"), st.integers(-50, 50)),
-    st.tuples(st.just("close"),),
-), min_size=1, max_size=30)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("usage"), st.integers(0, 30), st.integers(1, 900), st.integers(1, 28)),
+        st.tuples(st.just("retry"), st.integers(0, 30)),
+        st.tuples(st.just("compensate"), st.integers(0, 30), st.integers(1, 5)),
+        st.tuples(st.just("adjust"), st.integers(-50, 50)),
+        st.tuples(
+            st.just("close"),
+        ),
+    ),
+    min_size=1,
+    max_size=30,
+)
 
 
-@settings(max_examples=12, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(steps=operations, policy=st.sampled_from(["carry_forward", "restate"]))
 def test_any_history_written_by_the_application_reconciles_clean(world, steps, policy):
     """Ingest, retries, compensations, adjustments, a close and late usage in any order:

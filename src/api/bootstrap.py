@@ -32,13 +32,18 @@ class Services:
         self.app.close()
 
 
-def build(settings: Settings | None = None, *,
-          clock: Callable[[], datetime] | None = None) -> Services:
+def build(
+    settings: Settings | None = None, *, clock: Callable[[], datetime] | None = None
+) -> Services:
     settings = settings or Settings.from_env()
     app = BillingApplication(settings, clock=clock)
     external = os.environ.get("BILLING_PROJECTION_WORKER", "in-process") == "external"
     read_models = ProjectionService(
-        app, ViewStore.for_settings(settings), external_worker=external,
-        batch_size=int(os.environ.get("BILLING_PROJECTION_BATCH", "1000")))
-    return Services(settings=settings, app=app, read_models=read_models,
-                    closers=[read_models.close])
+        app,
+        ViewStore.for_settings(settings),
+        external_worker=external,
+        batch_size=int(os.environ.get("BILLING_PROJECTION_BATCH", "1000")),
+    )
+    return Services(
+        settings=settings, app=app, read_models=read_models, closers=[read_models.close]
+    )

@@ -76,17 +76,25 @@ def status(as_json: bool) -> None:
         return
     table = Table("name", "version", "logic", "state", "position", "lag")
     for row in rows:
-        table.add_row(row["name"], str(row["version"]), str(row["logic"]), row["state"],
-                      f"{row['position']:,}", f"{row['lag']:,}")
+        table.add_row(
+            row["name"],
+            str(row["version"]),
+            str(row["logic"]),
+            row["state"],
+            f"{row['position']:,}",
+            f"{row['lag']:,}",
+        )
     Console().print(table)
 
 
 @projections.command("rebuild")
 @click.argument("name")
-@click.option("--switch", "switch_now", is_flag=True,
-              help="Switch reads to the new version without asking.")
-@click.option("--show", default=20, show_default=True,
-              help="How many changed invoices to print in full.")
+@click.option(
+    "--switch", "switch_now", is_flag=True, help="Switch reads to the new version without asking."
+)
+@click.option(
+    "--show", default=20, show_default=True, help="How many changed invoices to print in full."
+)
 def rebuild(name: str, switch_now: bool, show: int) -> None:
     """Build the next version of NAME from the log, show what changes, then switch reads."""
     try:
@@ -100,9 +108,15 @@ def rebuild(name: str, switch_now: bool, show: int) -> None:
         version = models.rebuilds.begin(name)
         head = models.max_position()
         started = time.monotonic()
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                      TextColumn("{task.completed:,}/{task.total:,} events"), RateColumn(),
-                      TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:,}/{task.total:,} events"),
+            RateColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar:
             task = bar.add_task(f"{name}_v{version.version}", total=max(head, 1), records=0)
 
             def progress(position: int, weight: int) -> None:
@@ -111,18 +125,20 @@ def rebuild(name: str, switch_now: bool, show: int) -> None:
 
             models.rebuilds.build(version, progress=progress)
         seconds = time.monotonic() - started
-        console.print(f"built {name}_v{version.version} to position {head:,} "
-                      f"in {seconds:.1f} s")
+        console.print(f"built {name}_v{version.version} to position {head:,} in {seconds:.1f} s")
         changes = models.rebuilds.diff(version)
         print_changes(console, changes, show)
         if not switch_now and not click.confirm(
-                f"Switch reads of {name} to version {version.version}?", default=False):
-            console.print(f"left {name}_v{version.version} ready beside the live version; "
-                          "reads unchanged")
+            f"Switch reads of {name} to version {version.version}?", default=False
+        ):
+            console.print(
+                f"left {name}_v{version.version} ready beside the live version; reads unchanged"
+            )
             return
         live = models.rebuilds.switch(version)
-        console.print(f"reads of {name} now use version {live.version} "
-                      f"(position {live.position:,})")
+        console.print(
+            f"reads of {name} now use version {live.version} (position {live.position:,})"
+        )
     finally:
         services.close()
 

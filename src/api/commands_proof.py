@@ -59,9 +59,14 @@ def _log_progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None
     if quiet:
         yield lambda _position, _total: None
         return
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(),
-                  TextColumn("{task.completed:,}/{task.total:,} events"), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
+    with Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} events"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         task = bar.add_task(label, total=1)
 
         def progress(position: int, total: int) -> None:
@@ -97,29 +102,73 @@ def reconcile(period: str, customer_id: str | None, as_json: bool) -> None:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    meters = Table("customer", "meter", "status", "raw", "replayed", "projected", "issued",
-                   "amount", "issued amount", title=f"Reconciliation {report['period']}")
+    meters = Table(
+        "customer",
+        "meter",
+        "status",
+        "raw",
+        "replayed",
+        "projected",
+        "issued",
+        "amount",
+        "issued amount",
+        title=f"Reconciliation {report['period']}",
+    )
     for row in report["meters"]:
-        meters.add_row(row["customer_id"], row["meter"], row["status"], row["raw"],
-                       row["replayed"], row["projected"] or "-", row["issued"] or "-",
-                       row["amount"], row["issued_amount"] or "-")
+        meters.add_row(
+            row["customer_id"],
+            row["meter"],
+            row["status"],
+            row["raw"],
+            row["replayed"],
+            row["projected"] or "-",
+            row["issued"] or "-",
+            row["amount"],
+            row["issued_amount"] or "-",
+        )
     out.print(meters)
     if report["findings"]:
-        findings = Table("cause", "check", "customer", "meter", "event / revision", "expected",
-                         "actual", "detail", title="Findings")
+        findings = Table(
+            "cause",
+            "check",
+            "customer",
+            "meter",
+            "event / revision",
+            "expected",
+            "actual",
+            "detail",
+            title="Findings",
+        )
         for f in report["findings"]:
-            where = f["event_id"] or (f"revision {f['revision']}" if f["revision"] else "") or \
-                (f"position {f['position']}" if f["position"] else "")
-            findings.add_row(f["cause"], f["check"], f["customer_id"] or "-", f["meter"] or "-",
-                             where, f["expected"] or "-", f["actual"] or "-", f["detail"])
+            where = (
+                f["event_id"]
+                or (f"revision {f['revision']}" if f["revision"] else "")
+                or (f"position {f['position']}" if f["position"] else "")
+            )
+            findings.add_row(
+                f["cause"],
+                f["check"],
+                f["customer_id"] or "-",
+                f["meter"] or "-",
+                where,
+                f["expected"] or "-",
+                f["actual"] or "-",
+                f["detail"],
+            )
         out.print(findings)
     checked = report["checked"]
-    verdict = "no differences" if report["ok"] else "findings: " + ", ".join(
-        f"{cause} {count}" for cause, count in report["summary"].items())
-    out.print(f"{report['period']}: {checked['customers']} customers, {checked['records']:,} "
-              f"records, {checked['invoices']} invoice revisions, "
-              f"{checked['stored_events']:,} stored events read in {report['seconds']} s: "
-              f"{verdict}")
+    verdict = (
+        "no differences"
+        if report["ok"]
+        else "findings: "
+        + ", ".join(f"{cause} {count}" for cause, count in report["summary"].items())
+    )
+    out.print(
+        f"{report['period']}: {checked['customers']} customers, {checked['records']:,} "
+        f"records, {checked['invoices']} invoice revisions, "
+        f"{checked['stored_events']:,} stored events read in {report['seconds']} s: "
+        f"{verdict}"
+    )
 
 
 # verify ---------------------------------------------------------------------------------------
@@ -137,35 +186,76 @@ def verify(as_json: bool) -> None:
         click.echo(json.dumps(result, indent=2))
     else:
         for failure in result["failures"]:
-            out.print(f"FAIL {failure['invoice_id']} revision {failure['revision']} "
-                      f"({failure['customer_id']} {failure['period']}, {failure['status']}): "
-                      f"recorded {failure['recorded']}, events give {failure['recomputed']}")
+            out.print(
+                f"FAIL {failure['invoice_id']} revision {failure['revision']} "
+                f"({failure['customer_id']} {failure['period']}, {failure['status']}): "
+                f"recorded {failure['recorded']}, events give {failure['recomputed']}"
+            )
         for event in result["undecodable"]:
-            out.print(f"UNREADABLE position {event['position']}: {event['actual']}: "
-                      f"{event['detail']}")
+            out.print(
+                f"UNREADABLE position {event['position']}: {event['actual']}: {event['detail']}"
+            )
         checked = result["checked"]
-        verdict = "all digests match" if result["ok"] else (
-            f"{len(result['failures'])} revision(s) fail, "
-            f"{len(result['undecodable'])} stored event(s) unreadable")
-        out.print(f"{checked['revisions']} issued revisions of {checked['periods']} periods, "
-                  f"{checked['stored_events']:,} stored events, in {result['seconds']} s: "
-                  f"{verdict}")
+        verdict = (
+            "all digests match"
+            if result["ok"]
+            else (
+                f"{len(result['failures'])} revision(s) fail, "
+                f"{len(result['undecodable'])} stored event(s) unreadable"
+            )
+        )
+        out.print(
+            f"{checked['revisions']} issued revisions of {checked['periods']} periods, "
+            f"{checked['stored_events']:,} stored events, in {result['seconds']} s: "
+            f"{verdict}"
+        )
     if not result["ok"]:
         raise SystemExit(1)
 
 
 # export ---------------------------------------------------------------------------------------
 
-INVOICE_COLUMNS = ["invoice_id", "customer_id", "period", "revision", "status", "currency",
-                   "total", "lineage_digest", "plan_id", "plan_version", "issued_at"]
-LINE_COLUMNS = ["invoice_id", "revision", "line", "kind", "meter", "usage_period", "quantity",
-                "amount", "currency"]
-LINEAGE_COLUMNS = ["invoice_id", "revision", "line", "kind", "id", "quantity", "occurred_at",
-                   "received_at", "emitter", "key_id"]
+INVOICE_COLUMNS = [
+    "invoice_id",
+    "customer_id",
+    "period",
+    "revision",
+    "status",
+    "currency",
+    "total",
+    "lineage_digest",
+    "plan_id",
+    "plan_version",
+    "issued_at",
+]
+LINE_COLUMNS = [
+    "invoice_id",
+    "revision",
+    "line",
+    "kind",
+    "meter",
+    "usage_period",
+    "quantity",
+    "amount",
+    "currency",
+]
+LINEAGE_COLUMNS = [
+    "invoice_id",
+    "revision",
+    "line",
+    "kind",
+    "id",
+    "quantity",
+    "occurred_at",
+    "received_at",
+    "emitter",
+    "key_id",
+]
 
 
-def export_rows(services: Services, period: str,
-                customer_id: str | None) -> dict[str, list[dict[str, Any]]]:
+def export_rows(
+    services: Services, period: str, customer_id: str | None
+) -> dict[str, list[dict[str, Any]]]:
     """Every revision of the period's invoices, their lines, and the latest revision's lineage,
     from the read models once they have caught up with the log."""
     models = services.read_models
@@ -178,11 +268,18 @@ def export_rows(services: Services, period: str,
             invoice = models.invoice(item["invoice_id"], item["revision"])
             invoices.append({c: invoice.get(c) for c in INVOICE_COLUMNS})
             for index, line in enumerate(invoice["lines"]):
-                lines.append({"invoice_id": invoice["invoice_id"],
-                              "revision": invoice["revision"], "line": index,
-                              "currency": invoice["currency"],
-                              **{c: line[c] for c in ("kind", "meter", "usage_period",
-                                                       "quantity", "amount")}})
+                lines.append(
+                    {
+                        "invoice_id": invoice["invoice_id"],
+                        "revision": invoice["revision"],
+                        "line": index,
+                        "currency": invoice["currency"],
+                        **{
+                            c: line[c]
+                            for c in ("kind", "meter", "usage_period", "quantity", "amount")
+                        },
+                    }
+                )
                 if invoice["status"] in ("issued", "draft"):
                     lineage += _lineage(models, invoice, index)
         cursor = page["next_cursor"]
@@ -196,9 +293,15 @@ def _lineage(models: Any, invoice: dict[str, Any], line: int) -> list[dict[str, 
         page = models.lineage(invoice["invoice_id"], line, cursor=cursor, limit=1000)
         if page is None:
             return rows
-        rows += [{"invoice_id": invoice["invoice_id"], "revision": invoice["revision"],
-                  "line": line, **{c: item.get(c) for c in LINEAGE_COLUMNS[3:]}}
-                 for item in page["items"]]
+        rows += [
+            {
+                "invoice_id": invoice["invoice_id"],
+                "revision": invoice["revision"],
+                "line": line,
+                **{c: item.get(c) for c in LINEAGE_COLUMNS[3:]},
+            }
+            for item in page["items"]
+        ]
         cursor = page["next_cursor"]
         if cursor is None:
             return rows
@@ -207,11 +310,16 @@ def _lineage(models: Any, invoice: dict[str, Any], line: int) -> list[dict[str, 
 @click.command()
 @click.option("--period", required=True, callback=_period, help="The month, YYYY-MM.")
 @click.option("--customer", "customer_id", help="Only this customer's invoices.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
-              show_default=True)
-@click.option("--out", "target", required=True, type=click.Path(path_type=Path),
-              help="CSV: a directory for invoices.csv, invoice_lines.csv and lineage.csv. "
-                   "JSON: a file.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@click.option(
+    "--out",
+    "target",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="CSV: a directory for invoices.csv, invoice_lines.csv and lineage.csv. JSON: a file.",
+)
 def export(period: str, customer_id: str | None, fmt: str, target: Path) -> None:
     """Export a period's invoices, their lines and lineage for finance (amounts as decimal
     strings, stable column names)."""
@@ -219,25 +327,32 @@ def export(period: str, customer_id: str | None, fmt: str, target: Path) -> None
         rows = export_rows(services, period, customer_id)
     if fmt == "json":
         target.parent.mkdir(parents=True, exist_ok=True)
-        document = {"period": period, "customer_id": customer_id,
-                    "exported_at": iso(datetime.now(UTC)), **rows}
+        document = {
+            "period": period,
+            "customer_id": customer_id,
+            "exported_at": iso(datetime.now(UTC)),
+            **rows,
+        }
         target.write_text(json.dumps(document, indent=2))
         written = [target]
     else:
         target.mkdir(parents=True, exist_ok=True)
         written = []
-        for name, columns, data in (("invoices.csv", INVOICE_COLUMNS, rows["invoices"]),
-                                    ("invoice_lines.csv", LINE_COLUMNS, rows["lines"]),
-                                    ("lineage.csv", LINEAGE_COLUMNS, rows["lineage"])):
+        for name, columns, data in (
+            ("invoices.csv", INVOICE_COLUMNS, rows["invoices"]),
+            ("invoice_lines.csv", LINE_COLUMNS, rows["lines"]),
+            ("lineage.csv", LINEAGE_COLUMNS, rows["lineage"]),
+        ):
             path = target / name
             with path.open("w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=columns)
                 writer.writeheader()
                 writer.writerows(data)
             written.append(path)
-    out.print(f"{len(rows['invoices'])} invoice revisions, {len(rows['lines'])} lines, "
-              f"{len(rows['lineage']):,} lineage records -> "
-              + ", ".join(str(p) for p in written))
+    out.print(
+        f"{len(rows['invoices'])} invoice revisions, {len(rows['lines'])} lines, "
+        f"{len(rows['lineage']):,} lineage records -> " + ", ".join(str(p) for p in written)
+    )
 
 
 # audit ----------------------------------------------------------------------------------------
@@ -249,8 +364,9 @@ def export(period: str, customer_id: str | None, fmt: str, target: Path) -> None
 @click.option("--actor", help="Only entries by this actor (emitter/key_id) or emitter.")
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
-def audit(since: datetime | None, until: datetime | None, actor: str | None, limit: int,
-          as_json: bool) -> None:
+def audit(
+    since: datetime | None, until: datetime | None, actor: str | None, limit: int, as_json: bool
+) -> None:
     """Who did what, from the log: keys, grants, plans, subscriptions, merges, corrections,
     closes, restatements and refused requests."""
     items: list[dict[str, Any]] = []
@@ -259,8 +375,13 @@ def audit(since: datetime | None, until: datetime | None, actor: str | None, lim
         models.wait(models.max_position(), timeout=60.0)
         cursor = None
         while len(items) < limit:
-            page = models.audit(since=since, until=until, actor=actor, cursor=cursor,
-                                limit=min(1000, limit - len(items)))
+            page = models.audit(
+                since=since,
+                until=until,
+                actor=actor,
+                cursor=cursor,
+                limit=min(1000, limit - len(items)),
+            )
             items += page["items"]
             cursor = page["next_cursor"]
             if cursor is None:
@@ -271,8 +392,14 @@ def audit(since: datetime | None, until: datetime | None, actor: str | None, lim
         return
     table = Table("position", "at", "action", "actor", "subject", "detail")
     for item in items:
-        table.add_row(str(item["position"]), item["at"], item["action"], item["actor"],
-                      item["subject"] or "-", json.dumps(item["detail"], sort_keys=True))
+        table.add_row(
+            str(item["position"]),
+            item["at"],
+            item["action"],
+            item["actor"],
+            item["subject"] or "-",
+            json.dumps(item["detail"], sort_keys=True),
+        )
     out.print(table)
     out.print(f"{len(items)} entries" + (" (limit reached)" if len(items) >= limit else ""))
 

@@ -52,8 +52,10 @@ def serve(host: str, port: int) -> None:
     from api.http.app import create_app
 
     services = _services()
-    console.print(f"billing on http://{host}:{port}  (OpenAPI: /schema, store: "
-                  f"{'PostgreSQL' if services.settings.is_postgres else 'SQLite'})")
+    console.print(
+        f"billing on http://{host}:{port}  (OpenAPI: /schema, store: "
+        f"{'PostgreSQL' if services.settings.is_postgres else 'SQLite'})"
+    )
     try:
         uvicorn.run(create_app(services), host=host, port=port, log_level="warning")
     finally:
@@ -66,8 +68,9 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--role", required=True, type=click.Choice(["admin", "operator", "finance",
-                                                         "emitter"]))
+@click.option(
+    "--role", required=True, type=click.Choice(["admin", "operator", "finance", "emitter"])
+)
 @click.option("--name", required=True, help="what the key is for, e.g. 'finance laptop'")
 @click.option("--emitter-id", default=None, help="the emitter an emitter key belongs to")
 def create_key(role: str, name: str, emitter_id: str | None) -> None:
@@ -129,13 +132,19 @@ def grants() -> None:
 @click.option("--meter", "meters", multiple=True, required=True, help="repeatable; '*' = all")
 @click.option("--valid-from", default=None)
 @click.option("--valid-until", default=None)
-def add_grant(emitter_id: str, customer_id: str, meters: tuple[str, ...],
-              valid_from: str | None, valid_until: str | None) -> None:
+def add_grant(
+    emitter_id: str,
+    customer_id: str,
+    meters: tuple[str, ...],
+    valid_from: str | None,
+    valid_until: str | None,
+) -> None:
     """Grant an emitter a customer and meters within an optional window."""
     services = _services()
     try:
-        grant = services.app.grant(emitter_id, customer_id, list(meters), when(valid_from),
-                                   when(valid_until))
+        grant = services.app.grant(
+            emitter_id, customer_id, list(meters), when(valid_from), when(valid_until)
+        )
     except BillingError as error:
         _fail(error)
     finally:
@@ -159,8 +168,9 @@ def revoke_grant(emitter_id: str, grant_id: str) -> None:
 
 
 @click.command("close-periods")
-@click.option("--before", default=None, help="close periods before this YYYY-MM "
-                                             "(default: the current month)")
+@click.option(
+    "--before", default=None, help="close periods before this YYYY-MM (default: the current month)"
+)
 @click.option("--customer", "customers", multiple=True, help="only these customers")
 def close_periods(before: str | None, customers: tuple[str, ...]) -> None:
     """Close every ended period that is still open and issue its invoice."""
@@ -180,39 +190,79 @@ def close_periods(before: str | None, customers: tuple[str, ...]) -> None:
         services.close()
     table = Table("invoice", "customer", "period", "revision", "total")
     for invoice in issued:
-        table.add_row(invoice["invoice_id"], invoice["customer_id"], invoice["period"],
-                      str(invoice["revision"]), f"{invoice['total']} {invoice['currency']}")
+        table.add_row(
+            invoice["invoice_id"],
+            invoice["customer_id"],
+            invoice["period"],
+            str(invoice["revision"]),
+            f"{invoice['total']} {invoice['currency']}",
+        )
     console.print(table)
     console.print(f"{len(issued)} invoice(s) issued")
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(),
-                    TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
-                    console=console)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        console=console,
+    )
 
 
 DEMO_PLANS: dict[str, list[dict[str, Any]]] = {
     "starter": [
-        {"meter": "api_calls", "aggregation": "sum", "model": "graduated",
-         "tiers": [{"up_to": 10000, "unit_amount": "0.002"},
-                   {"up_to": 100000, "unit_amount": "0.0015", "flat_amount": "5"},
-                   {"up_to": None, "unit_amount": "0.001", "flat_amount": "20"}]},
-        {"meter": "sms", "aggregation": "count", "model": "package",
-         "package_size": 100, "package_amount": "4.50", "included_quantity": "50"},
+        {
+            "meter": "api_calls",
+            "aggregation": "sum",
+            "model": "graduated",
+            "tiers": [
+                {"up_to": 10000, "unit_amount": "0.002"},
+                {"up_to": 100000, "unit_amount": "0.0015", "flat_amount": "5"},
+                {"up_to": None, "unit_amount": "0.001", "flat_amount": "20"},
+            ],
+        },
+        {
+            "meter": "sms",
+            "aggregation": "count",
+            "model": "package",
+            "package_size": 100,
+            "package_amount": "4.50",
+            "included_quantity": "50",
+        },
     ],
     "scale": [
-        {"meter": "api_calls", "aggregation": "sum", "model": "volume",
-         "tiers": [{"up_to": 50000, "unit_amount": "0.0012"},
-                   {"up_to": None, "unit_amount": "0.0008", "flat_amount": "10"}]},
-        {"meter": "storage_gb", "aggregation": "max", "model": "per_unit",
-         "unit_amount": "0.25", "included_quantity": "10"},
-        {"meter": "active_users", "aggregation": "unique_count", "field": "user",
-         "model": "per_unit", "unit_amount": "1.00"},
+        {
+            "meter": "api_calls",
+            "aggregation": "sum",
+            "model": "volume",
+            "tiers": [
+                {"up_to": 50000, "unit_amount": "0.0012"},
+                {"up_to": None, "unit_amount": "0.0008", "flat_amount": "10"},
+            ],
+        },
+        {
+            "meter": "storage_gb",
+            "aggregation": "max",
+            "model": "per_unit",
+            "unit_amount": "0.25",
+            "included_quantity": "10",
+        },
+        {
+            "meter": "active_users",
+            "aggregation": "unique_count",
+            "field": "user",
+            "model": "per_unit",
+            "unit_amount": "1.00",
+        },
     ],
 }
-DEMO_CUSTOMERS = [("acme", "Acme Corp", "starter"), ("globex", "Globex Inc", "scale"),
-                  ("initech", "Initech", "starter")]
+DEMO_CUSTOMERS = [
+    ("acme", "Acme Corp", "starter"),
+    ("globex", "Globex Inc", "scale"),
+    ("initech", "Initech", "starter"),
+]
 
 
 @click.command()
@@ -223,8 +273,9 @@ def demo(events: int) -> None:
     app = services.app
     now = app.clock()
     this_month = period_of(now)
-    last_month = period_of(datetime.fromisoformat(this_month + "-01T00:00:00+00:00")
-                           - timedelta(days=1))
+    last_month = period_of(
+        datetime.fromisoformat(this_month + "-01T00:00:00+00:00") - timedelta(days=1)
+    )
     rng = random.Random(7)
     try:
         for plan_id, charges in DEMO_PLANS.items():
@@ -241,13 +292,20 @@ def demo(events: int) -> None:
             for i in range(events):
                 customer_id, _, plan = DEMO_CUSTOMERS[i % len(DEMO_CUSTOMERS)]
                 meter = rng.choice([c["meter"] for c in DEMO_PLANS[plan]])
-                quantity = {"api_calls": Decimal(rng.randint(1, 40)),
-                            "storage_gb": Decimal(rng.randint(5, 120)),
-                            }.get(meter, Decimal(1))
-                batch.append(UsageInput(
-                    f"demo-{i}", customer_id, meter, quantity,
-                    start + timedelta(seconds=rng.uniform(0, span)),
-                    {"user": f"user-{rng.randint(1, 60)}"} if meter == "active_users" else {}))
+                quantity = {
+                    "api_calls": Decimal(rng.randint(1, 40)),
+                    "storage_gb": Decimal(rng.randint(5, 120)),
+                }.get(meter, Decimal(1))
+                batch.append(
+                    UsageInput(
+                        f"demo-{i}",
+                        customer_id,
+                        meter,
+                        quantity,
+                        start + timedelta(seconds=rng.uniform(0, span)),
+                        {"user": f"user-{rng.randint(1, 60)}"} if meter == "active_users" else {},
+                    )
+                )
                 if len(batch) == 1000:
                     app.record_usage(batch)
                     progress.advance(task, len(batch))
@@ -263,16 +321,22 @@ def demo(events: int) -> None:
             for period in (last_month, next_period(last_month)):
                 listed = services.read_models.invoices(customer_id=customer_id, period=period)
                 for invoice in listed["items"]:
-                    table.add_row(customer_id, period, invoice["status"],
-                                  f"{invoice['total']} {invoice['currency']}",
-                                  invoice["invoice_id"])
+                    table.add_row(
+                        customer_id,
+                        period,
+                        invoice["status"],
+                        f"{invoice['total']} {invoice['currency']}",
+                        invoice["invoice_id"],
+                    )
     except BillingError as error:
         _fail(error)
     finally:
         services.close()
     console.print(table)
-    console.print(f"Loaded {events:,} events; {last_month} is closed and invoiced, "
-                  f"{this_month} is a draft. Start `billing serve` and read /v1/invoices.")
+    console.print(
+        f"Loaded {events:,} events; {last_month} is closed and invoiced, "
+        f"{this_month} is a draft. Start `billing serve` and read /v1/invoices."
+    )
 
 
 def register(group: click.Group) -> None:

@@ -53,7 +53,14 @@ from billing_domain.identity import (
     hash_secret,
     secrets_match,
 )
-from billing_domain.ids import customer_uuid, emitter_uuid, invoice_id, key_uuid, period_uuid, plan_uuid
+from billing_domain.ids import (
+    customer_uuid,
+    emitter_uuid,
+    invoice_id,
+    key_uuid,
+    period_uuid,
+    plan_uuid,
+)
 from billing_domain.period import BillingPeriod
 from billing_domain.persistence import KeyRow, prepare_sqlite_file
 from billing_domain.plan import Plan
@@ -88,11 +95,13 @@ def period_start(value: str, field: str) -> str:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except (AttributeError, ValueError):
-        raise InvalidInput("must be a period start: YYYY-MM or the month's first instant "
-                           "in RFC 3339", field=field) from None
+        raise InvalidInput(
+            "must be a period start: YYYY-MM or the month's first instant in RFC 3339", field=field
+        ) from None
     if moment.tzinfo is None or period_bounds(period_of(moment))[0] != moment:
-        raise InvalidInput("must be the first instant of a month in UTC "
-                           "(e.g. 2026-11-01T00:00:00Z)", field=field)
+        raise InvalidInput(
+            "must be the first instant of a month in UTC (e.g. 2026-11-01T00:00:00Z)", field=field
+        )
     return period_of(moment)
 
 
@@ -125,8 +134,9 @@ class BillingApplication(Application[UUID]):
     name = "billing"
     snapshotting_intervals = {BillingPeriod: 200}  # noqa: RUF012
 
-    def __init__(self, settings: Settings | None = None, *,
-                 clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, clock: Callable[[], datetime] | None = None
+    ) -> None:
         self.settings = settings or Settings.from_env()
         self.clock = clock or (lambda: datetime.now(UTC))
         self._charges: dict[tuple[str, int], tuple[Charge, ...]] = {}
@@ -170,7 +180,8 @@ class BillingApplication(Application[UUID]):
             except (KeyError, AttributeError):
                 found[aggregate_id] = self._find(aggregate_id, Aggregate)
         newer = self.recorder.newer_than(  # type: ignore[attr-defined]
-            {i: a.version for i, a in cached.items()})
+            {i: a.version for i, a in cached.items()}
+        )
         for aggregate_id, aggregate in cached.items():
             if aggregate_id in newer:
                 found[aggregate_id] = self._find(aggregate_id, Aggregate)
@@ -212,12 +223,15 @@ class BillingApplication(Application[UUID]):
         subscribed = customer.plan_for(period)
         if subscribed is None:
             raise UnknownMeter(
-                f"customer {customer.customer_id!r} has no plan in force for {period}")
+                f"customer {customer.customer_id!r} has no plan in force for {period}"
+            )
         for charge in self._plan_charges(*subscribed):
             if charge.meter == meter:
                 return charge
-        raise UnknownMeter(f"meter {meter!r} is not charged by plan {subscribed[0]!r} "
-                           f"version {subscribed[1]} for {period}")
+        raise UnknownMeter(
+            f"meter {meter!r} is not charged by plan {subscribed[0]!r} "
+            f"version {subscribed[1]} for {period}"
+        )
 
     def _billed_customer(self, customer: Customer, occurred_at: datetime) -> Customer:
         seen = {customer.customer_id}
@@ -235,8 +249,9 @@ class BillingApplication(Application[UUID]):
                 continue
         raise StoreContention(f"gave up after {MAX_ATTEMPTS} concurrent-write retries; retry")
 
-    def _period_for_write(self, customer_id: str, period: str,
-                          pending: dict[UUID, Aggregate]) -> BillingPeriod:
+    def _period_for_write(
+        self, customer_id: str, period: str, pending: dict[UUID, Aggregate]
+    ) -> BillingPeriod:
         pid = period_uuid(customer_id, period)
         if pid not in pending:
             found = self._find(pid, BillingPeriod)
@@ -245,8 +260,9 @@ class BillingApplication(Application[UUID]):
         assert isinstance(aggregate, BillingPeriod)
         return aggregate
 
-    def _open_period_for_carry(self, customer_id: str, now: datetime,
-                               pending: dict[UUID, Aggregate]) -> BillingPeriod:
+    def _open_period_for_carry(
+        self, customer_id: str, now: datetime, pending: dict[UUID, Aggregate]
+    ) -> BillingPeriod:
         period = period_of(now)
         while True:
             target = self._period_for_write(customer_id, period, pending)
@@ -259,10 +275,12 @@ class BillingApplication(Application[UUID]):
             raise InvalidInput("must be an RFC 3339 time with a UTC offset", field="occurred_at")
         if occurred_at > now + self.settings.max_clock_skew:
             raise OccurredInFuture(
-                f"is more than {self.settings.max_clock_skew} ahead of the server clock")
+                f"is more than {self.settings.max_clock_skew} ahead of the server clock"
+            )
         if occurred_at < now - self.settings.backdating_horizon:
             raise OccurredBeforeHorizon(
-                f"is older than the backdating horizon of {self.settings.backdating_horizon.days} days")
+                f"is older than the backdating horizon of {self.settings.backdating_horizon.days} days"
+            )
         return occurred_at
 
     def _late_treatment(self, period: BillingPeriod) -> str:
@@ -273,35 +291,52 @@ class BillingApplication(Application[UUID]):
 
     # Customers and plans -----------------------------------------------------------------
 
-    def open_customer(self, customer_id: str, name: str, currency: str = "USD",
-                      late_usage_policy: str = "carry_forward",
-                      principal: Principal = SYSTEM) -> Customer:
+    def open_customer(
+        self,
+        customer_id: str,
+        name: str,
+        currency: str = "USD",
+        late_usage_policy: str = "carry_forward",
+        principal: Principal = SYSTEM,
+    ) -> Customer:
         """Open a customer account under the caller's stable id."""
         check_identifier(customer_id, "customer_id")
         check_identifier(name, "name")
         check_currency(currency)
         if late_usage_policy not in LATE_USAGE_POLICIES:
-            raise InvalidInput(f"must be one of {', '.join(LATE_USAGE_POLICIES)}",
-                               field="late_usage_policy")
+            raise InvalidInput(
+                f"must be one of {', '.join(LATE_USAGE_POLICIES)}", field="late_usage_policy"
+            )
         if self._find(customer_uuid(customer_id), Customer) is not None:
             raise CustomerExists(f"customer {customer_id!r} already exists")
-        customer = Customer(customer_id=customer_id, name=name, currency=currency,
-                            late_usage_policy=late_usage_policy, actor=principal.actor)
+        customer = Customer(
+            customer_id=customer_id,
+            name=name,
+            currency=currency,
+            late_usage_policy=late_usage_policy,
+            actor=principal.actor,
+        )
         try:
             self.save(customer)
         except IntegrityError:
             raise CustomerExists(f"customer {customer_id!r} already exists") from None
         return customer
 
-    def update_customer(self, customer_id: str, *, name: str | None = None,
-                        late_usage_policy: str | None = None,
-                        principal: Principal = SYSTEM) -> Customer:
+    def update_customer(
+        self,
+        customer_id: str,
+        *,
+        name: str | None = None,
+        late_usage_policy: str | None = None,
+        principal: Principal = SYSTEM,
+    ) -> Customer:
         """Rename a customer or change its late-usage policy; attribution never changes."""
         if name is not None:
             check_identifier(name, "name")
         if late_usage_policy is not None and late_usage_policy not in LATE_USAGE_POLICIES:
-            raise InvalidInput(f"must be one of {', '.join(LATE_USAGE_POLICIES)}",
-                               field="late_usage_policy")
+            raise InvalidInput(
+                f"must be one of {', '.join(LATE_USAGE_POLICIES)}", field="late_usage_policy"
+            )
 
         def attempt() -> Customer:
             customer = self._customer(customer_id)
@@ -317,8 +352,13 @@ class BillingApplication(Application[UUID]):
     def get_customer(self, customer_id: str) -> Customer:
         return self._customer(customer_id)
 
-    def publish_plan(self, plan_id: str, currency: str, charges: list[dict[str, Any]],
-                     principal: Principal = SYSTEM) -> tuple[str, int]:
+    def publish_plan(
+        self,
+        plan_id: str,
+        currency: str,
+        charges: list[dict[str, Any]],
+        principal: Principal = SYSTEM,
+    ) -> tuple[str, int]:
         """Publish a plan's next version; existing subscriptions keep theirs."""
         check_identifier(plan_id, "plan_id")
         check_currency(currency)
@@ -338,8 +378,14 @@ class BillingApplication(Application[UUID]):
             raise UnknownPlan(f"no plan {plan_id!r}")
         return plan
 
-    def subscribe(self, customer_id: str, plan_id: str, effective_from: str,
-                  principal: Principal = SYSTEM, plan_version: int | None = None) -> dict[str, Any]:
+    def subscribe(
+        self,
+        customer_id: str,
+        plan_id: str,
+        effective_from: str,
+        principal: Principal = SYSTEM,
+        plan_version: int | None = None,
+    ) -> dict[str, Any]:
         """Subscribe a customer to a plan version from a period start (a migration is an event)."""
         effective_from = period_start(effective_from, "effective_from")
         plan = self.get_plan(plan_id)
@@ -352,21 +398,30 @@ class BillingApplication(Application[UUID]):
             if plan.version_data(version)["currency"] != customer.currency:
                 raise InvalidInput(
                     f"plan {plan_id!r} is priced in {plan.version_data(version)['currency']}, "
-                    f"customer {customer_id!r} is billed in {customer.currency}", field="plan_id")
+                    f"customer {customer_id!r} is billed in {customer.currency}",
+                    field="plan_id",
+                )
             closed = self._find(period_uuid(customer_id, effective_from), BillingPeriod)
             if closed is not None and closed.is_closed:
-                raise InvalidInput(f"period {effective_from} is already closed; "
-                                   "a subscription cannot change an issued invoice",
-                                   field="effective_from")
+                raise InvalidInput(
+                    f"period {effective_from} is already closed; "
+                    "a subscription cannot change an issued invoice",
+                    field="effective_from",
+                )
             customer.subscribe(plan_id, version, effective_from, principal.actor)
             self.save(customer)
-            return {"customer_id": customer_id, "plan_id": plan_id, "plan_version": version,
-                    "effective_from": effective_from}
+            return {
+                "customer_id": customer_id,
+                "plan_id": plan_id,
+                "plan_version": version,
+                "effective_from": effective_from,
+            }
 
         return self._retry(attempt)  # type: ignore[no-any-return]
 
-    def merge_customer(self, customer_id: str, into: str, effective_at: datetime,
-                       principal: Principal = SYSTEM) -> dict[str, Any]:
+    def merge_customer(
+        self, customer_id: str, into: str, effective_at: datetime, principal: Principal = SYSTEM
+    ) -> dict[str, Any]:
         """Bill a customer's usage from an instant onwards to another customer."""
         if not isinstance(effective_at, datetime) or effective_at.tzinfo is None:
             raise InvalidInput("must be an RFC 3339 time with a UTC offset", field="effective_at")
@@ -379,14 +434,17 @@ class BillingApplication(Application[UUID]):
             if target is None:
                 raise UnknownCustomer(f"no customer {into!r}", field="into")
             if customer.merged_into is not None:
-                raise CustomerMerged(f"customer {customer_id!r} was already merged into "
-                                     f"{customer.merged_into!r}")
+                raise CustomerMerged(
+                    f"customer {customer_id!r} was already merged into {customer.merged_into!r}"
+                )
             if target.merged_into is not None:
-                raise CustomerMerged(f"customer {into!r} was merged into {target.merged_into!r}",
-                                     field="into")
+                raise CustomerMerged(
+                    f"customer {into!r} was merged into {target.merged_into!r}", field="into"
+                )
             if target.currency != customer.currency:
-                raise InvalidInput("both customers must be billed in the same currency",
-                                   field="into")
+                raise InvalidInput(
+                    "both customers must be billed in the same currency", field="into"
+                )
             customer.merge_into(into, effective_at, principal.actor)
             self.save(customer)
             return {"customer_id": customer_id, "into": into, "effective_at": iso(effective_at)}
@@ -395,17 +453,28 @@ class BillingApplication(Application[UUID]):
 
     # Usage -------------------------------------------------------------------------------
 
-    def record_usage(self, items: Sequence[UsageInput], principal: Principal = SYSTEM, *,
-                     received_at: datetime | None = None) -> list[UsageResult]:
+    def record_usage(
+        self,
+        items: Sequence[UsageInput],
+        principal: Principal = SYSTEM,
+        *,
+        received_at: datetime | None = None,
+    ) -> list[UsageResult]:
         """Record a batch atomically; retries are duplicates, same id with new payload conflicts."""
         if len(items) > self.settings.max_batch:
-            raise InvalidInput(f"at most {self.settings.max_batch} events per batch",
-                               field="events")
-        return self.record_usage_from([(item, principal) for item in items],
-                                      received_at=received_at)
+            raise InvalidInput(
+                f"at most {self.settings.max_batch} events per batch", field="events"
+            )
+        return self.record_usage_from(
+            [(item, principal) for item in items], received_at=received_at
+        )
 
-    def record_usage_from(self, entries: Sequence[tuple[UsageInput, Principal]], *,
-                          received_at: datetime | None = None) -> list[UsageResult]:
+    def record_usage_from(
+        self,
+        entries: Sequence[tuple[UsageInput, Principal]],
+        *,
+        received_at: datetime | None = None,
+    ) -> list[UsageResult]:
         """Record usage sent by several callers in one atomic commit (group commit)."""
         now = received_at or self.clock()
         results: list[UsageResult | None] = [None] * len(entries)
@@ -414,8 +483,7 @@ class BillingApplication(Application[UUID]):
         refusals: list[AuditFact] = []
         submitted = {item.customer_id for item, _ in entries if isinstance(item.customer_id, str)}
         loaded = self._load_many((customer_uuid(c) for c in submitted), copy=False)
-        customers: dict[str, Customer | None] = {
-            c: loaded[customer_uuid(c)] for c in submitted}  # type: ignore[misc]
+        customers: dict[str, Customer | None] = {c: loaded[customer_uuid(c)] for c in submitted}  # type: ignore[misc]
         for index, (item, principal) in enumerate(entries):
             try:
                 self._check_usage(item, now)
@@ -426,34 +494,55 @@ class BillingApplication(Application[UUID]):
                         results[index] = UsageResult(item.event_id, "duplicate")
                     else:
                         results[index] = UsageResult(
-                            item.event_id, "conflict",
-                            detail="same event_id with another payload in this batch")
-                        refusals.append(self._conflict_fact(principal, item, digest,
-                                                            first_of[key][1], now))
+                            item.event_id,
+                            "conflict",
+                            detail="same event_id with another payload in this batch",
+                        )
+                        refusals.append(
+                            self._conflict_fact(principal, item, digest, first_of[key][1], now)
+                        )
                     continue
                 first_of[key] = (index, digest)
                 if item.customer_id not in customers:
-                    customers[item.customer_id] = self._find(customer_uuid(item.customer_id),
-                                                             Customer)
+                    customers[item.customer_id] = self._find(
+                        customer_uuid(item.customer_id), Customer
+                    )
                 customer = customers[item.customer_id]
                 if customer is None:
                     raise UnknownCustomer(f"no customer {item.customer_id!r}")
                 if not principal.may_ingest(item.customer_id, item.meter, now):
-                    raise NotAuthorised(f"{principal.emitter!r} has no grant for customer "
-                                        f"{item.customer_id!r} and meter {item.meter!r}")
+                    raise NotAuthorised(
+                        f"{principal.emitter!r} has no grant for customer "
+                        f"{item.customer_id!r} and meter {item.meter!r}"
+                    )
                 billed = self._billed_customer(customer, item.occurred_at)
                 period = period_of(item.occurred_at)
                 charge = self._charge_for(billed, period, item.meter)
-                routed.append(_Routed(index, item, principal, digest, billed.customer_id,
-                                      period, charge))
+                routed.append(
+                    _Routed(index, item, principal, digest, billed.customer_id, period, charge)
+                )
             except BillingError as error:
-                results[index] = UsageResult(item.event_id, "rejected", detail=error.reason,
-                                             field=error.field, code=error.code)
+                results[index] = UsageResult(
+                    item.event_id,
+                    "rejected",
+                    detail=error.reason,
+                    field=error.field,
+                    code=error.code,
+                )
                 if isinstance(error, NotAuthorised):
-                    refusals.append(self._refusal_fact(principal, "usage.ingest", error.reason,
-                                                       {"customer_id": item.customer_id,
-                                                        "meter": item.meter,
-                                                        "event_id": item.event_id}, now))
+                    refusals.append(
+                        self._refusal_fact(
+                            principal,
+                            "usage.ingest",
+                            error.reason,
+                            {
+                                "customer_id": item.customer_id,
+                                "meter": item.meter,
+                                "event_id": item.event_id,
+                            },
+                            now,
+                        )
+                    )
 
         if routed or refusals:
             self._retry(lambda: self._commit_usage(routed, results, now, refusals))
@@ -462,8 +551,9 @@ class BillingApplication(Application[UUID]):
             if result is not None and result.status == "duplicate" and result.period is None:
                 first = results[first_of[(item.customer_id, item.event_id)][0]]
                 if first is not None and first.status in ("accepted", "duplicate"):
-                    results[index] = UsageResult(item.event_id, "duplicate", first.period,
-                                                 first.treatment)
+                    results[index] = UsageResult(
+                        item.event_id, "duplicate", first.period, first.treatment
+                    )
         return [r for r in results if r is not None]
 
     def _check_usage(self, item: UsageInput, now: datetime) -> None:
@@ -478,22 +568,44 @@ class BillingApplication(Application[UUID]):
         if not isinstance(item.properties, dict):
             raise InvalidInput("must be an object", field="properties")
 
-    def _refusal_fact(self, principal: Principal, action: str, reason: str,
-                      detail: dict[str, Any], now: datetime) -> AuditFact:
-        return AuditFact(action=action, emitter=principal.emitter, key_id=principal.key_id,
-                         reason=reason, detail=detail, at=now)
+    def _refusal_fact(
+        self, principal: Principal, action: str, reason: str, detail: dict[str, Any], now: datetime
+    ) -> AuditFact:
+        return AuditFact(
+            action=action,
+            emitter=principal.emitter,
+            key_id=principal.key_id,
+            reason=reason,
+            detail=detail,
+            at=now,
+        )
 
-    def _conflict_fact(self, principal: Principal, item: UsageInput, digest: str,
-                       recorded: str, now: datetime) -> AuditFact:
+    def _conflict_fact(
+        self, principal: Principal, item: UsageInput, digest: str, recorded: str, now: datetime
+    ) -> AuditFact:
         return self._refusal_fact(
-            principal, "usage.conflict", "same event_id with another payload",
-            {"customer_id": item.customer_id, "event_id": item.event_id,
-             "payload_hash": digest, "recorded_payload_hash": recorded}, now)
+            principal,
+            "usage.conflict",
+            "same event_id with another payload",
+            {
+                "customer_id": item.customer_id,
+                "event_id": item.event_id,
+                "payload_hash": digest,
+                "recorded_payload_hash": recorded,
+            },
+            now,
+        )
 
-    def _commit_usage(self, routed: list[_Routed], results: list[UsageResult | None],
-                      now: datetime, refusals: list[AuditFact]) -> None:
+    def _commit_usage(
+        self,
+        routed: list[_Routed],
+        results: list[UsageResult | None],
+        now: datetime,
+        refusals: list[AuditFact],
+    ) -> None:
         existing = self.recorder.select_keys(  # type: ignore[attr-defined]
-            "usage", [(r.item.customer_id, r.item.event_id) for r in routed])
+            "usage", [(r.item.customer_id, r.item.event_id) for r in routed]
+        )
         pending: dict[UUID, Aggregate] = {}
         facts: list[AuditFact] = list(refusals)
         groups: dict[tuple[str, str], list[_Routed]] = {}
@@ -505,10 +617,14 @@ class BillingApplication(Application[UUID]):
                 results[r.index] = UsageResult(r.item.event_id, "duplicate", r.period)
             else:
                 results[r.index] = UsageResult(
-                    r.item.event_id, "conflict", r.period,
-                    detail="event_id was recorded before with another payload; the first stands")
-                facts.append(self._conflict_fact(r.principal, r.item, r.payload_hash,
-                                                 row.payload_hash, now))
+                    r.item.event_id,
+                    "conflict",
+                    r.period,
+                    detail="event_id was recorded before with another payload; the first stands",
+                )
+                facts.append(
+                    self._conflict_fact(r.principal, r.item, r.payload_hash, row.payload_hash, now)
+                )
         keys: list[KeyRow] = []
         restate: dict[UUID, tuple[BillingPeriod, Principal]] = {}
         received = iso(now)
@@ -522,27 +638,47 @@ class BillingApplication(Application[UUID]):
             for r in group:
                 by_sender.setdefault(r.principal, []).append(r)
             for sender, sent in by_sender.items():
-                records = [[r.item.event_id, r.item.customer_id, r.item.meter,
-                            decimal_text(r.item.quantity), iso(r.item.occurred_at),
-                            r.item.properties] for r in sent]
+                records = [
+                    [
+                        r.item.event_id,
+                        r.item.customer_id,
+                        r.item.meter,
+                        decimal_text(r.item.quantity),
+                        iso(r.item.occurred_at),
+                        r.item.properties,
+                    ]
+                    for r in sent
+                ]
                 meters = {r.item.meter: [r.charge.aggregation, r.charge.field] for r in sent}
                 if treatment == "carried_forward":
-                    entries = period.record_late_carried(received, sender.emitter,
-                                                         sender.key_id, meters, records)
+                    entries = period.record_late_carried(
+                        received, sender.emitter, sender.key_id, meters, records
+                    )
                     target = self._open_period_for_carry(billed_id, now, pending)
                     for entry in entries:
                         target.carry_forward(**entry, received_at=received)
                 else:
-                    period.record_usage(received, sender.emitter, sender.key_id, treatment,
-                                        meters, records)
+                    period.record_usage(
+                        received, sender.emitter, sender.key_id, treatment, meters, records
+                    )
                     if treatment == "restated":
                         restate[period.id] = (period, sender)
                 for r in sent:
-                    keys.append(KeyRow(r.item.customer_id, "usage", r.item.event_id,
-                                       r.payload_hash, period.id, period.version, r.item.meter,
-                                       decimal_text(r.item.quantity)))
-                    results[r.index] = UsageResult(r.item.event_id, "accepted", period_name,
-                                                   treatment, received_at=received)
+                    keys.append(
+                        KeyRow(
+                            r.item.customer_id,
+                            "usage",
+                            r.item.event_id,
+                            r.payload_hash,
+                            period.id,
+                            period.version,
+                            r.item.meter,
+                            decimal_text(r.item.quantity),
+                        )
+                    )
+                    results[r.index] = UsageResult(
+                        r.item.event_id, "accepted", period_name, treatment, received_at=received
+                    )
         for period, sender in restate.values():
             period.restate(actor=sender.actor, restated_at=now, reason="late usage")
         self.save(*pending.values(), *facts, keys=keys)
@@ -552,11 +688,13 @@ class BillingApplication(Application[UUID]):
     def recorded_usage(self, customer_id: str, event_id: str) -> tuple[KeyRow, list[Any]]:
         """The key row and the stored record [event_id, customer, meter, qty, occurred, props]."""
         row = self.recorder.select_keys(  # type: ignore[attr-defined]
-            "usage", [(customer_id, event_id)]).get((customer_id, event_id))
+            "usage", [(customer_id, event_id)]
+        ).get((customer_id, event_id))
         if row is None:
             raise UnknownUsageEvent(f"no usage event {event_id!r} for customer {customer_id!r}")
-        for stored in self.events.get(row.originator_id, gt=row.originator_version - 1,
-                                      lte=row.originator_version):
+        for stored in self.events.get(
+            row.originator_id, gt=row.originator_version - 1, lte=row.originator_version
+        ):
             for record in getattr(stored, "records", ()):
                 if record[0] == event_id and record[1] == customer_id:
                     return row, record
@@ -564,15 +702,23 @@ class BillingApplication(Application[UUID]):
 
     def _idempotent(self, kind: str, customer_id: str, key: str, digest: str) -> KeyRow | None:
         row = self.recorder.select_keys(kind, [(customer_id, key)]).get(  # type: ignore[attr-defined]
-            (customer_id, key))
+            (customer_id, key)
+        )
         if row is not None and row.payload_hash != digest:
-            raise IdempotencyConflict(f"{kind} {key!r} was recorded before with another payload",
-                                      field=f"{kind}_id")
+            raise IdempotencyConflict(
+                f"{kind} {key!r} was recorded before with another payload", field=f"{kind}_id"
+            )
         return row
 
-    def compensate(self, customer_id: str, event_id: str, compensation_id: str,
-                   quantity: Decimal | None, reason: str,
-                   principal: Principal = SYSTEM) -> dict[str, Any]:
+    def compensate(
+        self,
+        customer_id: str,
+        event_id: str,
+        compensation_id: str,
+        quantity: Decimal | None,
+        reason: str,
+        principal: Principal = SYSTEM,
+    ) -> dict[str, Any]:
         """Reverse all or part of a recorded usage event, as a new event."""
         check_identifier(compensation_id, "compensation_id")
         check_identifier(reason, "reason", max_length=1000)
@@ -584,12 +730,15 @@ class BillingApplication(Application[UUID]):
         def attempt() -> dict[str, Any]:
             done = self._idempotent("compensation", customer_id, compensation_id, digest)
             if done is not None:
-                return self._correction_view("compensation", compensation_id, done, "duplicate",
-                                             event_id=event_id)
+                return self._correction_view(
+                    "compensation", compensation_id, done, "duplicate", event_id=event_id
+                )
             row, record = self.recorded_usage(customer_id, event_id)
             if not principal.may_ingest(customer_id, record[2], now):
-                raise NotAuthorised(f"{principal.emitter!r} has no grant for customer "
-                                    f"{customer_id!r} and meter {record[2]!r}")
+                raise NotAuthorised(
+                    f"{principal.emitter!r} has no grant for customer "
+                    f"{customer_id!r} and meter {record[2]!r}"
+                )
             pending: dict[UUID, Aggregate] = {}
             period = self._find(row.originator_id, BillingPeriod)
             assert period is not None
@@ -600,23 +749,52 @@ class BillingApplication(Application[UUID]):
                 raise CompensationExceedsUsage(f"event {event_id!r} is already fully compensated")
             treatment = self._late_treatment(period)
             entries = period.compensate(
-                compensation_id=compensation_id, event_id=event_id,
-                submitted_customer_id=customer_id, meter=record[2], quantity=amount,
-                original_quantity=original, properties=record[5], reason=reason,
-                actor=principal.actor, received_at=iso(now), treatment=treatment)
+                compensation_id=compensation_id,
+                event_id=event_id,
+                submitted_customer_id=customer_id,
+                meter=record[2],
+                quantity=amount,
+                original_quantity=original,
+                properties=record[5],
+                reason=reason,
+                actor=principal.actor,
+                received_at=iso(now),
+                treatment=treatment,
+            )
             self._apply_late(period, treatment, entries, now, principal, pending, "compensation")
-            key = KeyRow(customer_id, "compensation", compensation_id, digest, period.id,
-                         period.version, record[2], decimal_text(amount))
+            key = KeyRow(
+                customer_id,
+                "compensation",
+                compensation_id,
+                digest,
+                period.id,
+                period.version,
+                record[2],
+                decimal_text(amount),
+            )
             self.save(*pending.values(), keys=[key])
-            return self._correction_view("compensation", compensation_id, key, "accepted",
-                                         event_id=event_id, period=period.period,
-                                         treatment=treatment)
+            return self._correction_view(
+                "compensation",
+                compensation_id,
+                key,
+                "accepted",
+                event_id=event_id,
+                period=period.period,
+                treatment=treatment,
+            )
 
         return self._retry(attempt)  # type: ignore[no-any-return]
 
-    def _apply_late(self, period: BillingPeriod, treatment: str, entries: list[dict[str, Any]],
-                    now: datetime, principal: Principal, pending: dict[UUID, Aggregate],
-                    reason: str) -> None:
+    def _apply_late(
+        self,
+        period: BillingPeriod,
+        treatment: str,
+        entries: list[dict[str, Any]],
+        now: datetime,
+        principal: Principal,
+        pending: dict[UUID, Aggregate],
+        reason: str,
+    ) -> None:
         if treatment == "restated":
             period.restate(actor=principal.actor, restated_at=now, reason=reason)
         elif treatment == "carried_forward":
@@ -624,17 +802,30 @@ class BillingApplication(Application[UUID]):
             for entry in entries:
                 target.carry_forward(**entry, received_at=iso(now))
 
-    def _correction_view(self, kind: str, ident: str, row: KeyRow, status: str,
-                         **extra: Any) -> dict[str, Any]:
+    def _correction_view(
+        self, kind: str, ident: str, row: KeyRow, status: str, **extra: Any
+    ) -> dict[str, Any]:
         period = self._find(row.originator_id, BillingPeriod)
-        view = {f"{kind}_id": ident, "status": status, "meter": row.meter,
-                "quantity": row.quantity, "period": period.period if period else None}
+        view = {
+            f"{kind}_id": ident,
+            "status": status,
+            "meter": row.meter,
+            "quantity": row.quantity,
+            "period": period.period if period else None,
+        }
         view.update({k: v for k, v in extra.items() if v is not None})
         return view
 
-    def adjust(self, customer_id: str, adjustment_id: str, meter: str, quantity: Decimal,
-               occurred_at: datetime, reason: str,
-               principal: Principal = SYSTEM) -> dict[str, Any]:
+    def adjust(
+        self,
+        customer_id: str,
+        adjustment_id: str,
+        meter: str,
+        quantity: Decimal,
+        occurred_at: datetime,
+        reason: str,
+        principal: Principal = SYSTEM,
+    ) -> dict[str, Any]:
         """Record a manual signed correction of a meter, with the actor and the reason."""
         check_identifier(adjustment_id, "adjustment_id")
         check_identifier(meter, "meter")
@@ -656,23 +847,45 @@ class BillingApplication(Application[UUID]):
             period = self._period_for_write(billed.customer_id, period_name, pending)
             treatment = self._late_treatment(period)
             entries = period.adjust(
-                adjustment_id=adjustment_id, meter=meter, quantity=quantity,
-                occurred_at=occurred_at, reason=reason, actor=principal.actor,
-                received_at=iso(now), treatment=treatment, aggregation=charge.aggregation,
-                field=charge.field)
+                adjustment_id=adjustment_id,
+                meter=meter,
+                quantity=quantity,
+                occurred_at=occurred_at,
+                reason=reason,
+                actor=principal.actor,
+                received_at=iso(now),
+                treatment=treatment,
+                aggregation=charge.aggregation,
+                field=charge.field,
+            )
             self._apply_late(period, treatment, entries, now, principal, pending, "adjustment")
-            key = KeyRow(customer_id, "adjustment", adjustment_id, digest, period.id,
-                         period.version, meter, decimal_text(quantity))
+            key = KeyRow(
+                customer_id,
+                "adjustment",
+                adjustment_id,
+                digest,
+                period.id,
+                period.version,
+                meter,
+                decimal_text(quantity),
+            )
             self.save(*pending.values(), keys=[key])
-            return self._correction_view("adjustment", adjustment_id, key, "accepted",
-                                         period=period_name, treatment=treatment)
+            return self._correction_view(
+                "adjustment",
+                adjustment_id,
+                key,
+                "accepted",
+                period=period_name,
+                treatment=treatment,
+            )
 
         return self._retry(attempt)  # type: ignore[no-any-return]
 
     # Periods and invoices ----------------------------------------------------------------
 
-    def close_period(self, customer_id: str, period: str,
-                     principal: Principal = SYSTEM) -> dict[str, Any]:
+    def close_period(
+        self, customer_id: str, period: str, principal: Principal = SYSTEM
+    ) -> dict[str, Any]:
         """Finalise a period and issue its invoice (revision 1); closing twice changes nothing."""
         check_period(period)
         now = self.clock()
@@ -684,19 +897,23 @@ class BillingApplication(Application[UUID]):
             pending: dict[UUID, Aggregate] = {}
             aggregate = self._period_for_write(customer_id, period, pending)
             subscribed = customer.plan_for(period)
-            charges = ([c.to_dict() for c in self._plan_charges(*subscribed)]
-                       if subscribed else [])
-            if aggregate.close(plan_id=subscribed[0] if subscribed else "",
-                               plan_version=subscribed[1] if subscribed else 0,
-                               currency=customer.currency, charges=charges,
-                               actor=principal.actor, closed_at=now):
+            charges = [c.to_dict() for c in self._plan_charges(*subscribed)] if subscribed else []
+            if aggregate.close(
+                plan_id=subscribed[0] if subscribed else "",
+                plan_version=subscribed[1] if subscribed else 0,
+                currency=customer.currency,
+                charges=charges,
+                actor=principal.actor,
+                closed_at=now,
+            ):
                 self.save(aggregate)
             return self.invoice(customer_id, period)
 
         return self._retry(attempt)  # type: ignore[no-any-return]
 
-    def close_periods(self, customer_ids: Iterable[str], before: str,
-                      principal: Principal = SYSTEM) -> list[dict[str, Any]]:
+    def close_periods(
+        self, customer_ids: Iterable[str], before: str, principal: Principal = SYSTEM
+    ) -> list[dict[str, Any]]:
         """Close every ended period before `before` that has usage and is still open."""
         closed = []
         for customer_id in customer_ids:
@@ -719,47 +936,68 @@ class BillingApplication(Application[UUID]):
         start = 1
         while True:
             page = self.recorder.select_notifications(start, 500, topics=[topic])
-            ids += [self.mapper.to_domain_event(n).customer_id  # type: ignore[attr-defined]
-                    for n in page]
+            ids += [
+                self.mapper.to_domain_event(n).customer_id  # type: ignore[attr-defined]
+                for n in page
+            ]
             if len(page) < 500:
                 return ids
             start = page[-1].id + 1
 
     def billing_period(self, customer_id: str, period: str) -> BillingPeriod | None:
-        return self._find(period_uuid(check_identifier(customer_id, "customer_id"),
-                                      check_period(period)), BillingPeriod)
+        return self._find(
+            period_uuid(check_identifier(customer_id, "customer_id"), check_period(period)),
+            BillingPeriod,
+        )
 
-    def invoice(self, customer_id: str, period: str,
-                revision: int | None = None) -> dict[str, Any]:
+    def invoice(self, customer_id: str, period: str, revision: int | None = None) -> dict[str, Any]:
         """An issued revision (the latest by default), or the draft of an open period."""
         customer = self._customer(customer_id)
         aggregate = self.billing_period(customer_id, period)
-        base = {"invoice_id": invoice_id(customer_id, period), "customer_id": customer_id,
-                "period": period, "currency": customer.currency}
+        base = {
+            "invoice_id": invoice_id(customer_id, period),
+            "customer_id": customer_id,
+            "period": period,
+            "currency": customer.currency,
+        }
         if aggregate is not None and aggregate.revisions:
             number = revision or aggregate.revision
             issued = aggregate.revisions[number - 1]
             status = "issued" if number == aggregate.revision else "superseded"
-            return {**base, "revision": number, "status": status,
-                    "currency": issued["currency"], "lines": issued["lines"],
-                    "total": issued["total"], "lineage_digest": issued["lineage_digest"],
-                    "plan_id": issued["plan_id"], "plan_version": issued["plan_version"],
-                    "issued_at": iso(issued["issued_at"])}
+            return {
+                **base,
+                "revision": number,
+                "status": status,
+                "currency": issued["currency"],
+                "lines": issued["lines"],
+                "total": issued["total"],
+                "lineage_digest": issued["lineage_digest"],
+                "plan_id": issued["plan_id"],
+                "plan_version": issued["plan_version"],
+                "issued_at": iso(issued["issued_at"]),
+            }
         subscribed = customer.plan_for(period)
         charges = [c.to_dict() for c in self._plan_charges(*subscribed)] if subscribed else []
         if aggregate is None:
             aggregate = BillingPeriod(customer_id=customer_id, period=period)
         lines = aggregate.lines(charges, customer.currency)
-        return {**base, "revision": 1, "status": "draft", "lines": lines,
-                "total": str(sum((Decimal(line["amount"]) for line in lines), Decimal(0))),
-                "lineage_digest": aggregate.lineage_digest,
-                "plan_id": subscribed[0] if subscribed else None,
-                "plan_version": subscribed[1] if subscribed else None, "issued_at": None}
+        return {
+            **base,
+            "revision": 1,
+            "status": "draft",
+            "lines": lines,
+            "total": str(sum((Decimal(line["amount"]) for line in lines), Decimal(0))),
+            "lineage_digest": aggregate.lineage_digest,
+            "plan_id": subscribed[0] if subscribed else None,
+            "plan_version": subscribed[1] if subscribed else None,
+            "issued_at": None,
+        }
 
     # Identities and keys -----------------------------------------------------------------
 
-    def register_emitter(self, emitter_id: str, name: str,
-                         principal: Principal = SYSTEM) -> Emitter:
+    def register_emitter(
+        self, emitter_id: str, name: str, principal: Principal = SYSTEM
+    ) -> Emitter:
         """Register a non-human identity that sends usage."""
         check_identifier(emitter_id, "emitter_id")
         check_identifier(name, "name")
@@ -772,8 +1010,9 @@ class BillingApplication(Application[UUID]):
             raise EmitterExists(f"emitter {emitter_id!r} already exists") from None
         return emitter
 
-    def create_key(self, role: str, name: str, emitter_id: str | None = None,
-                   principal: Principal = SYSTEM) -> tuple[str, str]:
+    def create_key(
+        self, role: str, name: str, emitter_id: str | None = None, principal: Principal = SYSTEM
+    ) -> tuple[str, str]:
         """Issue a key; returns (key_id, key). The key is shown once and stored hashed."""
         if role not in ROLES:
             raise InvalidInput(f"must be one of {', '.join(ROLES)}", field="role")
@@ -787,16 +1026,25 @@ class BillingApplication(Application[UUID]):
             raise InvalidInput("only emitter keys belong to an emitter", field="emitter_id")
         key_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
-        self.save(Key(key_id=key_id, key_hash=hash_secret(secret), role=role, name=name,
-                      emitter_id=emitter_id, actor=principal.actor))
+        self.save(
+            Key(
+                key_id=key_id,
+                key_hash=hash_secret(secret),
+                role=role,
+                name=name,
+                emitter_id=emitter_id,
+                actor=principal.actor,
+            )
+        )
         return key_id, f"bk_{key_id}_{secret}"
 
     def revoke_key(self, key_id: str, principal: Principal = SYSTEM) -> dict[str, Any]:
         """Revoke a key at once; it authenticates nothing afterwards."""
 
         def attempt() -> dict[str, Any]:
-            key = self._find(key_uuid(key_id), Key) if re.fullmatch(r"[0-9a-f]{16}",
-                                                                   key_id) else None
+            key = (
+                self._find(key_uuid(key_id), Key) if re.fullmatch(r"[0-9a-f]{16}", key_id) else None
+            )
             if key is None:
                 raise UnknownKey(f"no key {key_id!r}")
             if not key.revoked:
@@ -825,9 +1073,15 @@ class BillingApplication(Application[UUID]):
             grants = emitter.active_grants() if emitter is not None else ()
         return Principal(key.holder, key.key_id, key.role, grants)
 
-    def grant(self, emitter_id: str, customer_id: str, meters: list[str],
-              valid_from: datetime | None = None, valid_until: datetime | None = None,
-              principal: Principal = SYSTEM) -> dict[str, Any]:
+    def grant(
+        self,
+        emitter_id: str,
+        customer_id: str,
+        meters: list[str],
+        valid_from: datetime | None = None,
+        valid_until: datetime | None = None,
+        principal: Principal = SYSTEM,
+    ) -> dict[str, Any]:
         """Allow an emitter to ingest for a customer (or '*') and meters within a window."""
         if customer_id != "*":
             self._customer(customer_id)
@@ -844,18 +1098,24 @@ class BillingApplication(Application[UUID]):
             holder = self._find(emitter_uuid(emitter_id), Emitter)
             if holder is None:
                 raise UnknownEmitter(f"no emitter {emitter_id!r}")
-            holder.grant(grant_id, customer_id, list(meters), valid_from, valid_until,
-                         principal.actor)
+            holder.grant(
+                grant_id, customer_id, list(meters), valid_from, valid_until, principal.actor
+            )
             self.save(holder)
-            return {"grant_id": grant_id, "emitter_id": emitter_id, "customer_id": customer_id,
-                    "meters": list(meters),
-                    "valid_from": iso(valid_from) if valid_from else None,
-                    "valid_until": iso(valid_until) if valid_until else None}
+            return {
+                "grant_id": grant_id,
+                "emitter_id": emitter_id,
+                "customer_id": customer_id,
+                "meters": list(meters),
+                "valid_from": iso(valid_from) if valid_from else None,
+                "valid_until": iso(valid_until) if valid_until else None,
+            }
 
         return self._retry(attempt)  # type: ignore[no-any-return]
 
-    def revoke_grant(self, emitter_id: str, grant_id: str,
-                     principal: Principal = SYSTEM) -> dict[str, Any]:
+    def revoke_grant(
+        self, emitter_id: str, grant_id: str, principal: Principal = SYSTEM
+    ) -> dict[str, Any]:
         """Withdraw a grant at once."""
 
         def attempt() -> dict[str, Any]:
@@ -863,16 +1123,22 @@ class BillingApplication(Application[UUID]):
             if holder is None:
                 raise UnknownEmitter(f"no emitter {emitter_id!r}")
             if grant_id not in holder.grants:
-                raise NotFound(f"emitter {emitter_id!r} has no grant {grant_id!r}",
-                               field="grant_id")
+                raise NotFound(
+                    f"emitter {emitter_id!r} has no grant {grant_id!r}", field="grant_id"
+                )
             holder.revoke_grant(grant_id, principal.actor)
             self.save(holder)
             return {"grant_id": grant_id, "emitter_id": emitter_id, "revoked": True}
 
         return self._retry(attempt)  # type: ignore[no-any-return]
 
-    def record_refusal(self, principal: Principal | None, action: str, reason: str,
-                       detail: dict[str, Any] | None = None) -> None:
+    def record_refusal(
+        self,
+        principal: Principal | None,
+        action: str,
+        reason: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         """Keep a refused request in the audit log (never the key itself)."""
         who = principal or Principal(emitter="anonymous", key_id="-", role="none")
         self.save(self._refusal_fact(who, action, reason, detail or {}, self.clock()))

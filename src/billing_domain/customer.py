@@ -32,8 +32,9 @@ class Customer(Aggregate):
         return customer_uuid(customer_id)
 
     @event(Opened)
-    def __init__(self, customer_id: str, name: str, currency: str, late_usage_policy: str,
-                 actor: str) -> None:
+    def __init__(
+        self, customer_id: str, name: str, currency: str, late_usage_policy: str, actor: str
+    ) -> None:
         self.customer_id = customer_id
         self.name = name
         self.currency = currency
@@ -71,7 +72,10 @@ class Customer(Aggregate):
 
     def billed_to(self, occurred_at: datetime) -> str | None:
         """The customer that a usage of this account is billed to, if it was merged away."""
-        if self.merged_into is not None and self.merged_at is not None \
-                and occurred_at >= self.merged_at:
+        if (
+            self.merged_into is not None
+            and self.merged_at is not None
+            and occurred_at >= self.merged_at
+        ):
             return self.merged_into
         return None

@@ -43,8 +43,9 @@ class GroupCommitter:
         self._queue.put(_Pending(item, principal, future))
         return future
 
-    def record(self, item: UsageInput, principal: Principal,
-               timeout: float | None = 30.0) -> UsageResult:
+    def record(
+        self, item: UsageInput, principal: Principal, timeout: float | None = 30.0
+    ) -> UsageResult:
         """Record one event; returns when the commit that holds it is durable."""
         return self.submit(item, principal).result(timeout)
 

@@ -58,8 +58,7 @@ class Principal:
     def may_ingest(self, customer_id: str, meter: str, at: datetime) -> bool:
         if self.role == "admin":
             return True
-        return self.role == "emitter" and any(g.allows(customer_id, meter, at)
-                                              for g in self.grants)
+        return self.role == "emitter" and any(g.allows(customer_id, meter, at) for g in self.grants)
 
 
 SYSTEM = Principal(emitter="system", key_id="-", role="admin")
@@ -84,10 +83,21 @@ class Emitter(Aggregate):
         self.grants: dict[str, dict[str, Any]] = {}
 
     @event("Granted")
-    def grant(self, grant_id: str, customer_id: str, meters: list[str],
-              valid_from: datetime | None, valid_until: datetime | None, actor: str) -> None:
-        self.grants[grant_id] = {"customer_id": customer_id, "meters": meters,
-                                 "valid_from": valid_from, "valid_until": valid_until}
+    def grant(
+        self,
+        grant_id: str,
+        customer_id: str,
+        meters: list[str],
+        valid_from: datetime | None,
+        valid_until: datetime | None,
+        actor: str,
+    ) -> None:
+        self.grants[grant_id] = {
+            "customer_id": customer_id,
+            "meters": meters,
+            "valid_from": valid_from,
+            "valid_until": valid_until,
+        }
 
     @event("GrantRevoked")
     def revoke_grant(self, grant_id: str, actor: str) -> None:
@@ -116,8 +126,9 @@ class Key(Aggregate):
         return key_uuid(key_id)
 
     @event(Issued)
-    def __init__(self, key_id: str, key_hash: str, role: str, name: str,
-                 emitter_id: str | None, actor: str) -> None:
+    def __init__(
+        self, key_id: str, key_hash: str, role: str, name: str, emitter_id: str | None, actor: str
+    ) -> None:
         self.key_id = key_id
         self.key_hash = key_hash
         self.role = role
@@ -146,8 +157,15 @@ class AuditFact(Aggregate):
         at: datetime
 
     @event(Recorded)
-    def __init__(self, action: str, emitter: str, key_id: str, reason: str,
-                 detail: dict[str, Any], at: datetime) -> None:
+    def __init__(
+        self,
+        action: str,
+        emitter: str,
+        key_id: str,
+        reason: str,
+        detail: dict[str, Any],
+        at: datetime,
+    ) -> None:
         self.action = action
         self.emitter = emitter
         self.key_id = key_id

@@ -21,19 +21,22 @@ def _empty(charge: Charge) -> dict[str, Any]:
     return new_totals(charge.aggregation, charge.field)
 
 
-def usage_lines(period: str, meters: Mapping[str, Mapping[str, Any]],
-                charges: Sequence[Charge], currency: str) -> list[dict[str, Any]]:
+def usage_lines(
+    period: str, meters: Mapping[str, Mapping[str, Any]], charges: Sequence[Charge], currency: str
+) -> list[dict[str, Any]]:
     lines = []
     for charge in charges:
         totals = meters.get(charge.meter)
         quantity = aggregate_quantity(dict(totals) if totals else _empty(charge))
-        lines.append({
-            "meter": charge.meter,
-            "quantity": decimal_text(quantity),
-            "amount": str(round_money(charge.price(quantity), currency)),
-            "kind": "usage",
-            "usage_period": period,
-        })
+        lines.append(
+            {
+                "meter": charge.meter,
+                "quantity": decimal_text(quantity),
+                "amount": str(round_money(charge.price(quantity), currency)),
+                "kind": "usage",
+                "usage_period": period,
+            }
+        )
     return lines
 
 

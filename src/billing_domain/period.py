@@ -82,8 +82,15 @@ class BillingPeriod(Aggregate):
     # Usage ------------------------------------------------------------------------------
 
     @event("UsageRecorded")
-    def record_usage(self, received_at: str, emitter: str, key_id: str, treatment: str,
-                     meters: dict[str, list[Any]], records: list[list[Any]]) -> None:
+    def record_usage(
+        self,
+        received_at: str,
+        emitter: str,
+        key_id: str,
+        treatment: str,
+        meters: dict[str, list[Any]],
+        records: list[list[Any]],
+    ) -> None:
         """Records [event_id, submitted_customer_id, meter, quantity, occurred_at, properties]."""
         billed = treatment != CARRIED_FORWARD
         hashes = usage_hashes(records, received_at, emitter, key_id) if billed else None
@@ -100,9 +107,14 @@ class BillingPeriod(Aggregate):
                 self.carried_ids[event_id] = True
         self.record_count += len(records)
 
-    def record_late_carried(self, received_at: str, emitter: str, key_id: str,
-                            meters: dict[str, list[Any]],
-                            records: list[list[Any]]) -> list[dict[str, Any]]:
+    def record_late_carried(
+        self,
+        received_at: str,
+        emitter: str,
+        key_id: str,
+        meters: dict[str, list[Any]],
+        records: list[list[Any]],
+    ) -> list[dict[str, Any]]:
         """Record late usage billed elsewhere; return what it adds to this closed period."""
         before = self._known_snapshot({r[2] for r in records})
         self.record_usage(received_at, emitter, key_id, CARRIED_FORWARD, meters, records)
@@ -116,8 +128,9 @@ class BillingPeriod(Aggregate):
     def _known_snapshot(self, meters: set[str]) -> dict[str, dict[str, Any]]:
         return {m: copy_totals(self.known[m]) for m in meters if m in self.known}
 
-    def _marginal(self, before: dict[str, dict[str, Any]],
-                  sources: dict[str, list[list[Any]]]) -> list[dict[str, Any]]:
+    def _marginal(
+        self, before: dict[str, dict[str, Any]], sources: dict[str, list[list[Any]]]
+    ) -> list[dict[str, Any]]:
         """What the change made to the issued charge: price with it minus price without it."""
         issued = self.revisions[-1]
         charges = {c.meter: c for c in parse_charges(issued["charges"])}
@@ -128,20 +141,30 @@ class BillingPeriod(Aggregate):
             charge = charges.get(meter)
             amount = ZERO
             if charge is not None:
-                amount = (charge_amount(charge, after, issued["currency"])
-                          - charge_amount(charge, prior, issued["currency"]))
-            entries.append({
-                "from_period": self.period,
-                "meter": meter,
-                "quantity": aggregate_quantity(after) - aggregate_quantity(prior),
-                "amount": amount,
-                "sources": sources[meter],
-            })
+                amount = charge_amount(charge, after, issued["currency"]) - charge_amount(
+                    charge, prior, issued["currency"]
+                )
+            entries.append(
+                {
+                    "from_period": self.period,
+                    "meter": meter,
+                    "quantity": aggregate_quantity(after) - aggregate_quantity(prior),
+                    "amount": amount,
+                    "sources": sources[meter],
+                }
+            )
         return entries
 
     @event("LateUsageCarriedForward")
-    def carry_forward(self, from_period: str, meter: str, quantity: Decimal, amount: Decimal,
-                      sources: list[list[Any]], received_at: str) -> None:
+    def carry_forward(
+        self,
+        from_period: str,
+        meter: str,
+        quantity: Decimal,
+        amount: Decimal,
+        sources: list[list[Any]],
+        received_at: str,
+    ) -> None:
         entry = self.carried_in.setdefault(
             f"{from_period}|{meter}",
             {"from_period": from_period, "meter": meter, "quantity": ZERO, "amount": ZERO},
@@ -156,10 +179,21 @@ class BillingPeriod(Aggregate):
     def net_quantity(self, event_id: str, original_quantity: Decimal) -> Decimal:
         return original_quantity - self.compensated.get(event_id, ZERO)
 
-    def compensate(self, *, compensation_id: str, event_id: str, submitted_customer_id: str,
-                   meter: str, quantity: Decimal, original_quantity: Decimal,
-                   properties: dict[str, Any], reason: str, actor: str, received_at: str,
-                   treatment: str) -> list[dict[str, Any]]:
+    def compensate(
+        self,
+        *,
+        compensation_id: str,
+        event_id: str,
+        submitted_customer_id: str,
+        meter: str,
+        quantity: Decimal,
+        original_quantity: Decimal,
+        properties: dict[str, Any],
+        reason: str,
+        actor: str,
+        received_at: str,
+        treatment: str,
+    ) -> list[dict[str, Any]]:
         """Reverse part or all of a recorded usage event; more than is left is refused."""
         remaining = self.net_quantity(event_id, original_quantity)
         if quantity <= 0 or quantity > remaining:
@@ -167,18 +201,43 @@ class BillingPeriod(Aggregate):
                 f"compensation of {quantity} exceeds the {remaining} left of event {event_id}"
             )
         before = self._known_snapshot({meter})
-        self._compensate(compensation_id, event_id, submitted_customer_id, meter, quantity,
-                         original_quantity, properties, reason, actor, received_at, treatment)
+        self._compensate(
+            compensation_id,
+            event_id,
+            submitted_customer_id,
+            meter,
+            quantity,
+            original_quantity,
+            properties,
+            reason,
+            actor,
+            received_at,
+            treatment,
+        )
         if treatment != CARRIED_FORWARD:
             return []
-        source = ["compensation", compensation_id, f"{compensation_hash(compensation_id, event_id, submitted_customer_id, meter, quantity, reason, received_at, actor):064x}"]
+        source = [
+            "compensation",
+            compensation_id,
+            f"{compensation_hash(compensation_id, event_id, submitted_customer_id, meter, quantity, reason, received_at, actor):064x}",
+        ]
         return self._marginal(before, {meter: [source]})
 
     @event("UsageCompensated")
-    def _compensate(self, compensation_id: str, event_id: str, submitted_customer_id: str,
-                    meter: str, quantity: Decimal, original_quantity: Decimal,
-                    properties: dict[str, Any], reason: str, actor: str, received_at: str,
-                    treatment: str) -> None:
+    def _compensate(
+        self,
+        compensation_id: str,
+        event_id: str,
+        submitted_customer_id: str,
+        meter: str,
+        quantity: Decimal,
+        original_quantity: Decimal,
+        properties: dict[str, Any],
+        reason: str,
+        actor: str,
+        received_at: str,
+        treatment: str,
+    ) -> None:
         net_before = self.net_quantity(event_id, original_quantity)
         targets = [self.known[meter]]
         in_billed = treatment != CARRIED_FORWARD and event_id not in self.carried_ids
@@ -186,82 +245,202 @@ class BillingPeriod(Aggregate):
             targets.append(self.billed[meter])
         for totals in targets:
             compensate_record(
-                totals, quantity, net_before=net_before,
+                totals,
+                quantity,
+                net_before=net_before,
                 value_before=tracked_value(totals, net_before, properties),
                 value_after=tracked_value(totals, net_before - quantity, properties),
             )
         self.compensated[event_id] = self.compensated.get(event_id, ZERO) + quantity
         if in_billed:
-            self._accumulate(compensation_hash(
-                compensation_id, event_id, submitted_customer_id, meter, quantity, reason,
-                received_at, actor))
+            self._accumulate(
+                compensation_hash(
+                    compensation_id,
+                    event_id,
+                    submitted_customer_id,
+                    meter,
+                    quantity,
+                    reason,
+                    received_at,
+                    actor,
+                )
+            )
 
-    def adjust(self, *, adjustment_id: str, meter: str, quantity: Decimal, occurred_at: datetime,
-               reason: str, actor: str, received_at: str, treatment: str, aggregation: str,
-               field: str | None) -> list[dict[str, Any]]:
+    def adjust(
+        self,
+        *,
+        adjustment_id: str,
+        meter: str,
+        quantity: Decimal,
+        occurred_at: datetime,
+        reason: str,
+        actor: str,
+        received_at: str,
+        treatment: str,
+        aggregation: str,
+        field: str | None,
+    ) -> list[dict[str, Any]]:
         """A manual signed correction of a meter's aggregate."""
         before = self._known_snapshot({meter})
-        self._adjust(adjustment_id, meter, quantity, occurred_at, reason, actor, received_at,
-                     treatment, aggregation, field)
+        self._adjust(
+            adjustment_id,
+            meter,
+            quantity,
+            occurred_at,
+            reason,
+            actor,
+            received_at,
+            treatment,
+            aggregation,
+            field,
+        )
         if treatment != CARRIED_FORWARD:
             return []
-        source = ["adjustment", adjustment_id, f"{adjustment_hash(adjustment_id, meter, quantity, occurred_at, reason, received_at, actor):064x}"]
+        source = [
+            "adjustment",
+            adjustment_id,
+            f"{adjustment_hash(adjustment_id, meter, quantity, occurred_at, reason, received_at, actor):064x}",
+        ]
         return self._marginal(before, {meter: [source]})
 
     @event("UsageAdjusted")
-    def _adjust(self, adjustment_id: str, meter: str, quantity: Decimal, occurred_at: datetime,
-                reason: str, actor: str, received_at: str, treatment: str, aggregation: str,
-                field: str | None) -> None:
+    def _adjust(
+        self,
+        adjustment_id: str,
+        meter: str,
+        quantity: Decimal,
+        occurred_at: datetime,
+        reason: str,
+        actor: str,
+        received_at: str,
+        treatment: str,
+        aggregation: str,
+        field: str | None,
+    ) -> None:
         self._ensure_meter(meter, aggregation, field)
         self.known[meter]["adjustment"] += quantity
         if treatment != CARRIED_FORWARD:
             self.billed[meter]["adjustment"] += quantity
-            self._accumulate(adjustment_hash(adjustment_id, meter, quantity, occurred_at,
-                                                   reason, received_at, actor))
+            self._accumulate(
+                adjustment_hash(
+                    adjustment_id, meter, quantity, occurred_at, reason, received_at, actor
+                )
+            )
 
     # Invoices ------------------------------------------------------------------------------
 
     def lines(self, charges_data: list[dict[str, Any]], currency: str) -> list[dict[str, Any]]:
         charges = parse_charges(charges_data)
-        return (usage_lines(self.period, self.billed, charges, currency)
-                + carried_lines(self.carried_in.values(), currency))
+        return usage_lines(self.period, self.billed, charges, currency) + carried_lines(
+            self.carried_in.values(), currency
+        )
 
-    def close(self, *, plan_id: str, plan_version: int, currency: str,
-              charges: list[dict[str, Any]], actor: str, closed_at: datetime) -> bool:
+    def close(
+        self,
+        *,
+        plan_id: str,
+        plan_version: int,
+        currency: str,
+        charges: list[dict[str, Any]],
+        actor: str,
+        closed_at: datetime,
+    ) -> bool:
         """Finalise the period and issue revision 1; closing a closed period changes nothing."""
         if self.is_closed:
             return False
         lines = self.lines(charges, currency)
-        self._close(1, plan_id, plan_version, currency, charges, lines, total_of(lines),
-                    self.lineage_digest, self.items, actor, closed_at)
+        self._close(
+            1,
+            plan_id,
+            plan_version,
+            currency,
+            charges,
+            lines,
+            total_of(lines),
+            self.lineage_digest,
+            self.items,
+            actor,
+            closed_at,
+        )
         return True
 
     @event("Closed")
-    def _close(self, revision: int, plan_id: str, plan_version: int, currency: str,
-               charges: list[dict[str, Any]], lines: list[dict[str, Any]], total: str,
-               lineage_digest: str, items: int, actor: str, closed_at: datetime) -> None:
+    def _close(
+        self,
+        revision: int,
+        plan_id: str,
+        plan_version: int,
+        currency: str,
+        charges: list[dict[str, Any]],
+        lines: list[dict[str, Any]],
+        total: str,
+        lineage_digest: str,
+        items: int,
+        actor: str,
+        closed_at: datetime,
+    ) -> None:
         self.status = "closed"
-        self.revisions.append({
-            "revision": revision, "plan_id": plan_id, "plan_version": plan_version,
-            "currency": currency, "charges": charges, "lines": lines, "total": total,
-            "lineage_digest": lineage_digest, "items": items, "issued_at": closed_at,
-        })
+        self.revisions.append(
+            {
+                "revision": revision,
+                "plan_id": plan_id,
+                "plan_version": plan_version,
+                "currency": currency,
+                "charges": charges,
+                "lines": lines,
+                "total": total,
+                "lineage_digest": lineage_digest,
+                "items": items,
+                "issued_at": closed_at,
+            }
+        )
 
     def restate(self, *, actor: str, restated_at: datetime, reason: str) -> None:
         """Issue the next revision, pricing the whole period again under its issued plan."""
         issued = self.revisions[-1]
         lines = self.lines(issued["charges"], issued["currency"])
-        self._restate(self.revision + 1, issued["plan_id"], issued["plan_version"],
-                      issued["currency"], issued["charges"], lines, total_of(lines),
-                      self.lineage_digest, self.items, actor, restated_at, reason)
+        self._restate(
+            self.revision + 1,
+            issued["plan_id"],
+            issued["plan_version"],
+            issued["currency"],
+            issued["charges"],
+            lines,
+            total_of(lines),
+            self.lineage_digest,
+            self.items,
+            actor,
+            restated_at,
+            reason,
+        )
 
     @event("Restated")
-    def _restate(self, revision: int, plan_id: str, plan_version: int, currency: str,
-                 charges: list[dict[str, Any]], lines: list[dict[str, Any]], total: str,
-                 lineage_digest: str, items: int, actor: str, closed_at: datetime,
-                 reason: str) -> None:
-        self.revisions.append({
-            "revision": revision, "plan_id": plan_id, "plan_version": plan_version,
-            "currency": currency, "charges": charges, "lines": lines, "total": total,
-            "lineage_digest": lineage_digest, "items": items, "issued_at": closed_at,
-        })
+    def _restate(
+        self,
+        revision: int,
+        plan_id: str,
+        plan_version: int,
+        currency: str,
+        charges: list[dict[str, Any]],
+        lines: list[dict[str, Any]],
+        total: str,
+        lineage_digest: str,
+        items: int,
+        actor: str,
+        closed_at: datetime,
+        reason: str,
+    ) -> None:
+        self.revisions.append(
+            {
+                "revision": revision,
+                "plan_id": plan_id,
+                "plan_version": plan_version,
+                "currency": currency,
+                "charges": charges,
+                "lines": lines,
+                "total": total,
+                "lineage_digest": lineage_digest,
+                "items": items,
+                "issued_at": closed_at,
+            }
+        )

@@ -71,8 +71,16 @@ def prepare_sqlite_file(path: str) -> None:
 
 
 def _key_row(r: Any, originator_id: UUID) -> KeyRow:
-    return KeyRow(r["customer_id"], r["kind"], r["key"], r["payload_hash"], originator_id,
-                  int(r["originator_version"]), r["meter"], r["quantity"])
+    return KeyRow(
+        r["customer_id"],
+        r["kind"],
+        r["key"],
+        r["payload_hash"],
+        originator_id,
+        int(r["originator_version"]),
+        r["meter"],
+        r["quantity"],
+    )
 
 
 class _SerialisedCreateTable:
@@ -103,15 +111,18 @@ class PostgresBillingRecorder(_SerialisedCreateTable, PostgresApplicationRecorde
     def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
         super().__init__(datastore, events_table_name=events_table_name)
         self.keys_table_name = events_table_name.replace("_events", "") + "_keys"
-        table = SQL("{}.{}").format(Identifier(self.datastore.schema),
-                                    Identifier(self.keys_table_name))
-        self.sql_create_statements.append(SQL(
-            "CREATE TABLE IF NOT EXISTS {table} ("
-            "customer_id text NOT NULL, kind text NOT NULL, key text NOT NULL, "
-            "payload_hash text NOT NULL, originator_id uuid NOT NULL, "
-            "originator_version bigint NOT NULL, meter text NOT NULL, quantity text NOT NULL, "
-            "PRIMARY KEY (customer_id, kind, key))"
-        ).format(table=table))
+        table = SQL("{}.{}").format(
+            Identifier(self.datastore.schema), Identifier(self.keys_table_name)
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {table} ("
+                "customer_id text NOT NULL, kind text NOT NULL, key text NOT NULL, "
+                "payload_hash text NOT NULL, originator_id uuid NOT NULL, "
+                "originator_version bigint NOT NULL, meter text NOT NULL, quantity text NOT NULL, "
+                "PRIMARY KEY (customer_id, kind, key))"
+            ).format(table=table)
+        )
         # One JSON parameter: PostgreSQL unpacks it in C, far faster than adapting arrays.
         self.insert_keys_statement = SQL(
             "INSERT INTO {table} (customer_id, kind, key, payload_hash, originator_id, "
@@ -124,10 +135,14 @@ class PostgresBillingRecorder(_SerialisedCreateTable, PostgresApplicationRecorde
             "SELECT DISTINCT e.originator_id FROM {events} e "
             "JOIN json_to_recordset(%s::json) AS q(id uuid, v bigint) "
             "ON e.originator_id = q.id AND e.originator_version > q.v"
-        ).format(events=SQL("{}.{}").format(Identifier(self.datastore.schema),
-                                            Identifier(events_table_name)))
+        ).format(
+            events=SQL("{}.{}").format(
+                Identifier(self.datastore.schema), Identifier(events_table_name)
+            )
+        )
         self.keys_of_statement = SQL(
-            "SELECT * FROM {table} WHERE originator_id = ANY(%s::uuid[])").format(table=table)
+            "SELECT * FROM {table} WHERE originator_id = ANY(%s::uuid[])"
+        ).format(table=table)
         self.select_keys_statement = SQL(
             "SELECT k.* FROM {table} k JOIN (SELECT e->>0 AS c, e->>1 AS k2 "
             "FROM json_array_elements(%s::json) AS e) AS q "
@@ -141,12 +156,23 @@ class PostgresBillingRecorder(_SerialisedCreateTable, PostgresApplicationRecorde
         # exception would be caught and the block committed, so only SQL may run there.
         keys = _rows(kwargs.pop("keys", None) or ())
         if keys:
-            kwargs["key_columns"] = [json.dumps([
-                {"customer_id": k.customer_id, "kind": k.kind, "key": k.key,
-                 "payload_hash": k.payload_hash, "originator_id": str(k.originator_id),
-                 "originator_version": k.originator_version, "meter": k.meter,
-                 "quantity": k.quantity} for k in keys
-            ])]
+            kwargs["key_columns"] = [
+                json.dumps(
+                    [
+                        {
+                            "customer_id": k.customer_id,
+                            "kind": k.kind,
+                            "key": k.key,
+                            "payload_hash": k.payload_hash,
+                            "originator_id": str(k.originator_id),
+                            "originator_version": k.originator_version,
+                            "meter": k.meter,
+                            "quantity": k.quantity,
+                        }
+                        for k in keys
+                    ]
+                )
+            ]
         return super().insert_events(stored_events, **kwargs)
 
     def _fetch_ids_after_insert_events(
@@ -165,8 +191,10 @@ class PostgresBillingRecorder(_SerialisedCreateTable, PostgresApplicationRecorde
         if not versions:
             return set()
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.newer_statement, [json.dumps(
-                [{"id": str(i), "v": v} for i, v in versions.items()])])
+            curs.execute(
+                self.newer_statement,
+                [json.dumps([{"id": str(i), "v": v} for i, v in versions.items()])],
+            )
             return {row["originator_id"] for row in curs.fetchall()}
 
     def keys_of(self, originator_ids: Sequence[UUID]) -> list[KeyRow]:
@@ -177,26 +205,33 @@ class PostgresBillingRecorder(_SerialisedCreateTable, PostgresApplicationRecorde
             curs.execute(self.keys_of_statement, [list(originator_ids)])
             return [_key_row(r, r["originator_id"]) for r in curs.fetchall()]
 
-    def select_keys(self, kind: str, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], KeyRow]:
+    def select_keys(
+        self, kind: str, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], KeyRow]:
         if not pairs:
             return {}
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(self.select_keys_statement, [json.dumps(list(pairs)), kind])
-            return {(r["customer_id"], r["key"]): _key_row(r, r["originator_id"])
-                    for r in curs.fetchall()}
+            return {
+                (r["customer_id"], r["key"]): _key_row(r, r["originator_id"])
+                for r in curs.fetchall()
+            }
 
 
 class SQLiteBillingRecorder(SQLiteApplicationRecorder):
     keys_table_name = "billing_keys"
 
     def construct_create_table_statements(self) -> list[str]:
-        return [*super().construct_create_table_statements(), (
-            f"CREATE TABLE IF NOT EXISTS {self.keys_table_name} ("
-            "customer_id TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, "
-            "payload_hash TEXT NOT NULL, originator_id TEXT NOT NULL, "
-            "originator_version INTEGER NOT NULL, meter TEXT NOT NULL, quantity TEXT NOT NULL, "
-            "PRIMARY KEY (customer_id, kind, key)) WITHOUT ROWID"
-        )]
+        return [
+            *super().construct_create_table_statements(),
+            (
+                f"CREATE TABLE IF NOT EXISTS {self.keys_table_name} ("
+                "customer_id TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, "
+                "payload_hash TEXT NOT NULL, originator_id TEXT NOT NULL, "
+                "originator_version INTEGER NOT NULL, meter TEXT NOT NULL, quantity TEXT NOT NULL, "
+                "PRIMARY KEY (customer_id, kind, key)) WITHOUT ROWID"
+            ),
+        ]
 
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -206,8 +241,19 @@ class SQLiteBillingRecorder(SQLiteApplicationRecorder):
         if keys:
             c.executemany(
                 f"INSERT INTO {self.keys_table_name} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(k.customer_id, k.kind, k.key, k.payload_hash, k.originator_id.hex,
-                  k.originator_version, k.meter, k.quantity) for k in keys],
+                [
+                    (
+                        k.customer_id,
+                        k.kind,
+                        k.key,
+                        k.payload_hash,
+                        k.originator_id.hex,
+                        k.originator_version,
+                        k.meter,
+                        k.quantity,
+                    )
+                    for k in keys
+                ],
             )
         return notification_ids
 
@@ -217,12 +263,13 @@ class SQLiteBillingRecorder(SQLiteApplicationRecorder):
         items = list(versions.items())
         with self.datastore.transaction(commit=False) as c:
             for start in range(0, len(items), 400):
-                chunk = items[start:start + 400]
+                chunk = items[start : start + 400]
                 c.execute(
                     "WITH q(id, v) AS (VALUES " + ",".join(["(?, ?)"] * len(chunk)) + ") "
                     f"SELECT DISTINCT e.originator_id FROM {self.events_table_name} e "
                     "JOIN q ON e.originator_id = q.id AND e.originator_version > q.v",
-                    [x for i, v in chunk for x in (i.hex, v)])
+                    [x for i, v in chunk for x in (i.hex, v)],
+                )
                 newer.update(UUID(row["originator_id"]) for row in c.fetchall())
         return newer
 
@@ -232,13 +279,18 @@ class SQLiteBillingRecorder(SQLiteApplicationRecorder):
         ids = [i.hex for i in originator_ids]
         with self.datastore.transaction(commit=False) as c:
             for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                c.execute(f"SELECT * FROM {self.keys_table_name} WHERE originator_id IN "
-                          f"({','.join('?' * len(chunk))})", chunk)
+                chunk = ids[start : start + 500]
+                c.execute(
+                    f"SELECT * FROM {self.keys_table_name} WHERE originator_id IN "
+                    f"({','.join('?' * len(chunk))})",
+                    chunk,
+                )
                 rows += [_key_row(r, UUID(r["originator_id"])) for r in c.fetchall()]
         return rows
 
-    def select_keys(self, kind: str, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], KeyRow]:
+    def select_keys(
+        self, kind: str, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], KeyRow]:
         found: dict[tuple[str, str], KeyRow] = {}
         by_customer: dict[str, list[str]] = {}
         for customer_id, key in pairs:
@@ -246,13 +298,12 @@ class SQLiteBillingRecorder(SQLiteApplicationRecorder):
         with self.datastore.transaction(commit=False) as c:
             for customer_id, keys in by_customer.items():
                 for start in range(0, len(keys), 500):
-                    chunk = keys[start:start + 500]
+                    chunk = keys[start : start + 500]
                     c.execute(
                         f"SELECT * FROM {self.keys_table_name} WHERE customer_id = ? AND kind = ? "
                         f"AND key IN ({','.join('?' * len(chunk))})",
                         [customer_id, kind, *chunk],
                     )
                     for r in c.fetchall():
-                        found[(r["customer_id"], r["key"])] = _key_row(
-                            r, UUID(r["originator_id"]))
+                        found[(r["customer_id"], r["key"])] = _key_row(r, UUID(r["originator_id"]))
         return found

@@ -25,8 +25,9 @@ class Plan(Aggregate):
         self.versions: list[dict[str, Any]] = []
 
     @event("VersionPublished")
-    def publish(self, version: int, currency: str, charges: list[dict[str, Any]],
-                actor: str) -> None:
+    def publish(
+        self, version: int, currency: str, charges: list[dict[str, Any]], actor: str
+    ) -> None:
         self.versions.append({"version": version, "currency": currency, "charges": charges})
 
     def publish_next(self, currency: str, charges: list[dict[str, Any]], actor: str) -> int:

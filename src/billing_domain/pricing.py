@@ -10,9 +10,28 @@ from typing import Any
 from billing_domain.errors import InvalidInput
 
 MINOR_UNITS: dict[str, int] = {
-    "USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "SEK": 2, "NOK": 2,
-    "DKK": 2, "PLN": 2, "INR": 2, "BRL": 2, "MXN": 2, "SGD": 2, "NZD": 2, "CNY": 2,
-    "JPY": 0, "KRW": 0, "ISK": 0, "KWD": 3, "BHD": 3, "OMR": 3,
+    "USD": 2,
+    "EUR": 2,
+    "GBP": 2,
+    "CHF": 2,
+    "CAD": 2,
+    "AUD": 2,
+    "SEK": 2,
+    "NOK": 2,
+    "DKK": 2,
+    "PLN": 2,
+    "INR": 2,
+    "BRL": 2,
+    "MXN": 2,
+    "SGD": 2,
+    "NZD": 2,
+    "CNY": 2,
+    "JPY": 0,
+    "KRW": 0,
+    "ISK": 0,
+    "KWD": 3,
+    "BHD": 3,
+    "OMR": 3,
 }
 AGGREGATIONS = ("sum", "count", "max", "unique_count")
 MODELS = ("per_unit", "graduated", "volume", "package")
@@ -83,8 +102,11 @@ class Charge:
             data["package_amount"] = str(self.package_amount)
         else:
             data["tiers"] = [
-                {"up_to": t.up_to, "unit_amount": str(t.unit_amount),
-                 "flat_amount": str(t.flat_amount)}
+                {
+                    "up_to": t.up_to,
+                    "unit_amount": str(t.unit_amount),
+                    "flat_amount": str(t.flat_amount),
+                }
                 for t in self.tiers
             ]
         return data
@@ -133,18 +155,25 @@ def charge_from_dict(data: Mapping[str, Any], index: int = 0) -> Charge:
         raise InvalidInput("a charge needs a meter name", field=f"{where}.meter")
     aggregation = data.get("aggregation", "sum")
     if aggregation not in AGGREGATIONS:
-        raise InvalidInput(f"must be one of {', '.join(AGGREGATIONS)}",
-                           field=f"{where}.aggregation")
+        raise InvalidInput(
+            f"must be one of {', '.join(AGGREGATIONS)}", field=f"{where}.aggregation"
+        )
     field_name = data.get("field")
     if aggregation == "unique_count" and not field_name:
-        raise InvalidInput("unique_count needs the property name in 'field'",
-                           field=f"{where}.field")
+        raise InvalidInput(
+            "unique_count needs the property name in 'field'", field=f"{where}.field"
+        )
     model = data.get("model")
     if model not in MODELS:
         raise InvalidInput(f"must be one of {', '.join(MODELS)}", field=f"{where}.model")
     included = _decimal(data.get("included_quantity") or 0, f"{where}.included_quantity")
-    common: dict[str, Any] = {"meter": meter, "aggregation": aggregation, "model": model,
-                              "included_quantity": included, "field": field_name}
+    common: dict[str, Any] = {
+        "meter": meter,
+        "aggregation": aggregation,
+        "model": model,
+        "included_quantity": included,
+        "field": field_name,
+    }
     if model == "per_unit":
         if data.get("unit_amount") is None:
             raise InvalidInput("per_unit needs unit_amount", field=f"{where}.unit_amount")
@@ -155,8 +184,11 @@ def charge_from_dict(data: Mapping[str, Any], index: int = 0) -> Charge:
             raise InvalidInput("must be a positive integer", field=f"{where}.package_size")
         if data.get("package_amount") is None:
             raise InvalidInput("package needs package_amount", field=f"{where}.package_amount")
-        return Charge(**common, package_size=size,
-                      package_amount=_decimal(data["package_amount"], f"{where}.package_amount"))
+        return Charge(
+            **common,
+            package_size=size,
+            package_amount=_decimal(data["package_amount"], f"{where}.package_amount"),
+        )
     return Charge(**common, tiers=_tiers(data.get("tiers"), where))
 
 
@@ -175,24 +207,33 @@ def _tiers(raw: Any, where: str) -> tuple[Tier, ...]:
             raise InvalidInput("only the last tier may be open-ended", field=f"{at}.up_to")
         if up_to is not None:
             if not isinstance(up_to, int) or isinstance(up_to, bool) or up_to <= previous:
-                raise InvalidInput("must be an integer above the previous tier's",
-                                   field=f"{at}.up_to")
+                raise InvalidInput(
+                    "must be an integer above the previous tier's", field=f"{at}.up_to"
+                )
             previous = up_to
         if item.get("unit_amount") is None:
             raise InvalidInput("a tier needs unit_amount", field=f"{at}.unit_amount")
-        tiers.append(Tier(up_to, _decimal(item["unit_amount"], f"{at}.unit_amount"),
-                          _decimal(item.get("flat_amount") or 0, f"{at}.flat_amount")))
+        tiers.append(
+            Tier(
+                up_to,
+                _decimal(item["unit_amount"], f"{at}.unit_amount"),
+                _decimal(item.get("flat_amount") or 0, f"{at}.flat_amount"),
+            )
+        )
     if tiers[-1].up_to is not None:
-        raise InvalidInput("the last tier must be open-ended (up_to: null)",
-                           field=f"{where}.tiers[{len(tiers) - 1}].up_to")
+        raise InvalidInput(
+            "the last tier must be open-ended (up_to: null)",
+            field=f"{where}.tiers[{len(tiers) - 1}].up_to",
+        )
     return tuple(tiers)
 
 
 def parse_charges(raw: Any) -> tuple[Charge, ...]:
     if not isinstance(raw, list) or not raw:
         raise InvalidInput("a plan needs at least one charge", field="charges")
-    charges = tuple(charge_from_dict(item if isinstance(item, Mapping) else {}, i)
-                    for i, item in enumerate(raw))
+    charges = tuple(
+        charge_from_dict(item if isinstance(item, Mapping) else {}, i) for i, item in enumerate(raw)
+    )
     meters = [c.meter for c in charges]
     for i, meter in enumerate(meters):
         if meters.index(meter) != i:

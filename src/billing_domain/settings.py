@@ -40,10 +40,12 @@ class Settings:
         settings = cls(
             database_url=env.get("BILLING_DATABASE_URL") or DEFAULT_DATABASE_URL,
             admin_key=env.get("BILLING_ADMIN_KEY") or None,
-            max_clock_skew=parse_duration("BILLING_MAX_CLOCK_SKEW",
-                                          env.get("BILLING_MAX_CLOCK_SKEW", "5m")),
-            backdating_horizon=parse_duration("BILLING_BACKDATING_HORIZON",
-                                              env.get("BILLING_BACKDATING_HORIZON", "400d")),
+            max_clock_skew=parse_duration(
+                "BILLING_MAX_CLOCK_SKEW", env.get("BILLING_MAX_CLOCK_SKEW", "5m")
+            ),
+            backdating_horizon=parse_duration(
+                "BILLING_BACKDATING_HORIZON", env.get("BILLING_BACKDATING_HORIZON", "400d")
+            ),
         )
         settings.eventsourcing_env()
         return settings

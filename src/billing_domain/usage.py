@@ -67,9 +67,16 @@ def decimal_text(value: Decimal) -> str:
 
 
 def payload_hash(item: UsageInput) -> str:
-    canonical = "\x1f".join((item.customer_id, item.event_id, item.meter,
-                             decimal_text(item.quantity), iso(item.occurred_at),
-                             _part(item.properties)))
+    canonical = "\x1f".join(
+        (
+            item.customer_id,
+            item.event_id,
+            item.meter,
+            decimal_text(item.quantity),
+            iso(item.occurred_at),
+            _part(item.properties),
+        )
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -96,15 +103,23 @@ def digest_text(accumulator: int, items: int) -> str:
 
 
 def new_totals(aggregation: str, field_name: str | None) -> dict[str, Any]:
-    return {"aggregation": aggregation, "field": field_name, "sum": ZERO, "count": 0,
-            "values": {}, "adjustment": ZERO}
+    return {
+        "aggregation": aggregation,
+        "field": field_name,
+        "sum": ZERO,
+        "count": 0,
+        "values": {},
+        "adjustment": ZERO,
+    }
 
 
 def copy_totals(totals: dict[str, Any]) -> dict[str, Any]:
     return {**totals, "values": dict(totals["values"])}
 
 
-def tracked_value(totals: dict[str, Any], quantity: Decimal, properties: dict[str, Any]) -> str | None:
+def tracked_value(
+    totals: dict[str, Any], quantity: Decimal, properties: dict[str, Any]
+) -> str | None:
     if totals["aggregation"] == "max":
         return decimal_text(quantity)
     if totals["aggregation"] == "unique_count":
@@ -127,8 +142,14 @@ def remove_value(totals: dict[str, Any], value: str | None) -> None:
             del totals["values"][value]
 
 
-def compensate_record(totals: dict[str, Any], quantity: Decimal, *, net_before: Decimal,
-                      value_before: str | None, value_after: str | None) -> None:
+def compensate_record(
+    totals: dict[str, Any],
+    quantity: Decimal,
+    *,
+    net_before: Decimal,
+    value_before: str | None,
+    value_after: str | None,
+) -> None:
     """Reduce one record's net quantity; a record compensated to zero stops counting."""
     totals["sum"] -= quantity
     net_after = net_before - quantity

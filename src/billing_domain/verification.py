@@ -72,37 +72,78 @@ def usage_hash(record: list[Any], received_at: str, emitter: str, key_id: str) -
     return item_hash("usage", *record, received_at, emitter, key_id)
 
 
-def usage_hashes(records: list[list[Any]], received_at: str, emitter: str,
-                 key_id: str) -> Iterator[int]:
+def usage_hashes(
+    records: list[list[Any]], received_at: str, emitter: str, key_id: str
+) -> Iterator[int]:
     """`usage_hash` of each record of one event, with the shared parts joined once (the hot
     path of ingest, rebuilds and checks); the digest-equals-replay tests hold it to
     `usage_hash`."""
     tail = f"\x1f{received_at}\x1f{emitter}\x1f{key_id}".encode()
     sha256, from_bytes = hashlib.sha256, int.from_bytes
     for event_id, submitted, meter, quantity, occurred, properties in records:
-        head = "\x1f".join(("usage", event_id, submitted, meter, quantity, occurred,
-                            _part(properties)))
+        head = "\x1f".join(
+            ("usage", event_id, submitted, meter, quantity, occurred, _part(properties))
+        )
         yield from_bytes(sha256(head.encode() + tail).digest(), "big")
 
 
-def compensation_hash(compensation_id: str, event_id: str, submitted: str, meter: str,
-                      quantity: Decimal, reason: str, received_at: str, actor: str) -> int:
-    return item_hash("compensation", compensation_id, event_id, submitted, meter,
-                     str(-quantity), reason, received_at, actor)
+def compensation_hash(
+    compensation_id: str,
+    event_id: str,
+    submitted: str,
+    meter: str,
+    quantity: Decimal,
+    reason: str,
+    received_at: str,
+    actor: str,
+) -> int:
+    return item_hash(
+        "compensation",
+        compensation_id,
+        event_id,
+        submitted,
+        meter,
+        str(-quantity),
+        reason,
+        received_at,
+        actor,
+    )
 
 
-def adjustment_hash(adjustment_id: str, meter: str, quantity: Decimal, occurred_at: datetime,
-                    reason: str, received_at: str, actor: str) -> int:
-    return item_hash("adjustment", adjustment_id, meter, str(quantity),
-                     occurred_at.isoformat(), reason, received_at, actor)
+def adjustment_hash(
+    adjustment_id: str,
+    meter: str,
+    quantity: Decimal,
+    occurred_at: datetime,
+    reason: str,
+    received_at: str,
+    actor: str,
+) -> int:
+    return item_hash(
+        "adjustment",
+        adjustment_id,
+        meter,
+        str(quantity),
+        occurred_at.isoformat(),
+        reason,
+        received_at,
+        actor,
+    )
 
 
 def record_payload_hash(record: list[Any]) -> str:
     """The idempotency payload hash of a stored usage record, as the ingest computed it."""
     event_id, customer_id, meter, quantity, occurred_at, properties = record
-    return payload_hash(UsageInput(event_id, customer_id, meter, Decimal(quantity),
-                                   datetime.fromisoformat(occurred_at.replace("Z", "+00:00")),
-                                   properties))
+    return payload_hash(
+        UsageInput(
+            event_id,
+            customer_id,
+            meter,
+            Decimal(quantity),
+            datetime.fromisoformat(occurred_at.replace("Z", "+00:00")),
+            properties,
+        )
+    )
 
 
 @dataclass(slots=True)
@@ -206,15 +247,26 @@ class PeriodLedger:
                 self.carried_ids.add(event_id)
             self.net[event_id] = (quantity, properties)
             if self.keep_records:
-                self.usage.append(UsageSeen(event_id, submitted, meter, quantity_text, occurred,
-                                            received, record_payload_hash(record), version,
-                                            position, billed))
+                self.usage.append(
+                    UsageSeen(
+                        event_id,
+                        submitted,
+                        meter,
+                        quantity_text,
+                        occurred,
+                        received,
+                        record_payload_hash(record),
+                        version,
+                        position,
+                        billed,
+                    )
+                )
         self.records += len(s["records"])
 
-    def _on_LateUsageCarriedForward(self, s: dict[str, Any], version: int,
-                                    position: int) -> None:
-        entry = self.carried_in.setdefault((s["from_period"], s["meter"]),
-                                           {"quantity": ZERO, "amount": ZERO})
+    def _on_LateUsageCarriedForward(self, s: dict[str, Any], version: int, position: int) -> None:
+        entry = self.carried_in.setdefault(
+            (s["from_period"], s["meter"]), {"quantity": ZERO, "amount": ZERO}
+        )
         entry["quantity"] += s["quantity"]
         entry["amount"] += s["amount"]
         for _kind, _ident, hex_hash in s["sources"]:
@@ -224,27 +276,66 @@ class PeriodLedger:
         event_id, quantity = s["event_id"], s["quantity"]
         net_before, properties = self.net.get(event_id, (s["original_quantity"], s["properties"]))
         self.net[event_id] = (net_before - quantity, properties)
-        if s["treatment"] != CARRIED_FORWARD and event_id not in self.carried_ids \
-                and s["meter"] in self.billed:
+        if (
+            s["treatment"] != CARRIED_FORWARD
+            and event_id not in self.carried_ids
+            and s["meter"] in self.billed
+        ):
             totals = self.billed[s["meter"]]
-            compensate_record(totals, quantity, net_before=net_before,
-                              value_before=tracked_value(totals, net_before, properties),
-                              value_after=tracked_value(totals, net_before - quantity,
-                                                        properties))
-            self._accumulate(compensation_hash(
-                s["compensation_id"], event_id, s["submitted_customer_id"], s["meter"], quantity,
-                s["reason"], s["received_at"], s["actor"]))
-        self.corrections.append(CorrectionSeen("compensation", s["compensation_id"], s["meter"],
-                                               decimal_text(quantity), version, position))
+            compensate_record(
+                totals,
+                quantity,
+                net_before=net_before,
+                value_before=tracked_value(totals, net_before, properties),
+                value_after=tracked_value(totals, net_before - quantity, properties),
+            )
+            self._accumulate(
+                compensation_hash(
+                    s["compensation_id"],
+                    event_id,
+                    s["submitted_customer_id"],
+                    s["meter"],
+                    quantity,
+                    s["reason"],
+                    s["received_at"],
+                    s["actor"],
+                )
+            )
+        self.corrections.append(
+            CorrectionSeen(
+                "compensation",
+                s["compensation_id"],
+                s["meter"],
+                decimal_text(quantity),
+                version,
+                position,
+            )
+        )
 
     def _on_UsageAdjusted(self, s: dict[str, Any], version: int, position: int) -> None:
         if s["treatment"] != CARRIED_FORWARD:
             self._meter(s["meter"], s["aggregation"], s["field"])["adjustment"] += s["quantity"]
-            self._accumulate(adjustment_hash(s["adjustment_id"], s["meter"], s["quantity"],
-                                             s["occurred_at"], s["reason"], s["received_at"],
-                                             s["actor"]))
-        self.corrections.append(CorrectionSeen("adjustment", s["adjustment_id"], s["meter"],
-                                               decimal_text(s["quantity"]), version, position))
+            self._accumulate(
+                adjustment_hash(
+                    s["adjustment_id"],
+                    s["meter"],
+                    s["quantity"],
+                    s["occurred_at"],
+                    s["reason"],
+                    s["received_at"],
+                    s["actor"],
+                )
+            )
+        self.corrections.append(
+            CorrectionSeen(
+                "adjustment",
+                s["adjustment_id"],
+                s["meter"],
+                decimal_text(s["quantity"]),
+                version,
+                position,
+            )
+        )
 
     def _on_Closed(self, s: dict[str, Any], version: int, position: int) -> None:
         self._issue(s, version, position)
@@ -255,8 +346,9 @@ class PeriodLedger:
     def _issue(self, s: dict[str, Any], version: int, position: int) -> None:
         for earlier in self.revisions:
             earlier.status = "superseded"
-        self.revisions.append(Revision(int(s["revision"]), "issued", s, self.lineage_digest,
-                                       version, position))
+        self.revisions.append(
+            Revision(int(s["revision"]), "issued", s, self.lineage_digest, version, position)
+        )
 
     def quantity(self, meter: str) -> Decimal:
         totals = self.billed.get(meter)
@@ -277,10 +369,24 @@ def repriced_lines(revision: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         now = round_money(charge.price(Decimal(line["quantity"])), currency)
         if now != Decimal(line["amount"]):
-            drifted.append({"line": index, "meter": line["meter"], "quantity": line["quantity"],
-                            "issued": line["amount"], "now": str(now)})
+            drifted.append(
+                {
+                    "line": index,
+                    "meter": line["meter"],
+                    "quantity": line["quantity"],
+                    "issued": line["amount"],
+                    "now": str(now),
+                }
+            )
     total = sum((Decimal(line["amount"]) for line in revision.get("lines") or []), ZERO)
     if total != Decimal(revision["total"]):
-        drifted.append({"line": None, "meter": None, "quantity": None,
-                        "issued": revision["total"], "now": str(total)})
+        drifted.append(
+            {
+                "line": None,
+                "meter": None,
+                "quantity": None,
+                "issued": revision["total"],
+                "now": str(total),
+            }
+        )
     return drifted

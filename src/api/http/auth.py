@@ -6,7 +6,6 @@ import secrets
 from typing import Any
 
 import anyio
-
 from litestar import Request
 
 from billing_domain.errors import NotAuthenticated, NotAuthorised
@@ -33,9 +32,13 @@ async def principal_async(request: Request[Any, Any, Any]) -> Principal:
     services = request.app.state.services
     admin_key = services.settings.admin_key
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if admin_key and scheme.lower() == "bearer" and request.route_handler.opt["family"] in \
-            ROLES_FOR and "admin" in ROLES_FOR[request.route_handler.opt["family"]] and \
-            secrets.compare_digest(token.strip().encode(), admin_key.encode()):
+    if (
+        admin_key
+        and scheme.lower() == "bearer"
+        and request.route_handler.opt["family"] in ROLES_FOR
+        and "admin" in ROLES_FOR[request.route_handler.opt["family"]]
+        and secrets.compare_digest(token.strip().encode(), admin_key.encode())
+    ):
         return Principal(emitter="bootstrap-admin", key_id="bootstrap", role="admin")
     return await anyio.to_thread.run_sync(principal, request)
 

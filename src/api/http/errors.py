@@ -33,30 +33,37 @@ def status_of(error: domain.BillingError) -> int:
 
 
 def error_body(items: list[dict[str, Any]]) -> dict[str, Any]:
-    detail = "; ".join(f"{i['field']}: {i['reason']}" if i.get("field") else i["reason"]
-                       for i in items)
+    detail = "; ".join(
+        f"{i['field']}: {i['reason']}" if i.get("field") else i["reason"] for i in items
+    )
     return {"detail": detail, "errors": items}
 
 
-def respond(status: int, items: list[dict[str, Any]],
-            headers: dict[str, str] | None = None) -> Response[Any]:
-    return Response(error_body(items), status_code=status, media_type=MediaType.JSON,
-                    headers=headers)
+def respond(
+    status: int, items: list[dict[str, Any]], headers: dict[str, str] | None = None
+) -> Response[Any]:
+    return Response(
+        error_body(items), status_code=status, media_type=MediaType.JSON, headers=headers
+    )
 
 
 def on_billing_error(_: Request[Any, Any, Any], error: domain.BillingError) -> Response[Any]:
     status = status_of(error)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return respond(status, [{"field": error.field, "reason": error.reason, "code": error.code}],
-                   headers)
+    return respond(
+        status, [{"field": error.field, "reason": error.reason, "code": error.code}], headers
+    )
 
 
 def pydantic_items(errors: list[dict[str, Any]], prefix: str = "") -> list[dict[str, Any]]:
     items = []
     for e in errors:
         location = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body",))
-        code = "unknown_field" if e.get("type") == "extra_forbidden" else (
-            "missing" if e.get("type") == "missing" else "invalid")
+        code = (
+            "unknown_field"
+            if e.get("type") == "extra_forbidden"
+            else ("missing" if e.get("type") == "missing" else "invalid")
+        )
         reason = "unknown field" if code == "unknown_field" else e.get("msg", "invalid")
         items.append({"field": f"{prefix}{location}" or None, "reason": reason, "code": code})
     return items
@@ -69,24 +76,30 @@ def on_validation_error(_: Request[Any, Any, Any], error: ValidationException) -
         if isinstance(e, dict):
             key = e.get("key") or ""
             reason = str(e.get("message") or "invalid")
-            items.append({"field": key or None, "reason": reason,
-                          "code": "unknown_field" if "extra" in reason.lower() else "invalid"})
+            items.append(
+                {
+                    "field": key or None,
+                    "reason": reason,
+                    "code": "unknown_field" if "extra" in reason.lower() else "invalid",
+                }
+            )
     if not items:
         items = [{"field": None, "reason": error.detail or "invalid request", "code": "invalid"}]
     return respond(422, items)
 
 
 def on_http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[Any]:
-    return respond(error.status_code, [{"field": None, "reason": error.detail,
-                                        "code": f"http_{error.status_code}"}],
-                   dict(error.headers or {}))
+    return respond(
+        error.status_code,
+        [{"field": None, "reason": error.detail, "code": f"http_{error.status_code}"}],
+        dict(error.headers or {}),
+    )
 
 
 def on_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
     # The path, never the headers: they carry keys.
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return respond(500, [{"field": None, "reason": "internal error",
-                          "code": "internal"}])
+    return respond(500, [{"field": None, "reason": "internal error", "code": "internal"}])
 
 
 HANDLERS: dict[Any, Any] = {

@@ -23,9 +23,21 @@ def _decimal(value: Any) -> Any:
 
 
 class UsageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "event_id": "req-7f3a", "customer_id": "acme", "meter": "api_calls", "quantity": "1",
-        "occurred_at": "2026-11-05T10:00:00Z", "properties": {}}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_id": "req-7f3a",
+                    "customer_id": "acme",
+                    "meter": "api_calls",
+                    "quantity": "1",
+                    "occurred_at": "2026-11-05T10:00:00Z",
+                    "properties": {},
+                }
+            ]
+        },
+    )
 
     event_id: str = Field(min_length=1, max_length=256)
     customer_id: str = Field(min_length=1, max_length=200)
@@ -53,12 +65,28 @@ class UsageOut(BaseModel):
 
 
 class BatchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"events": [
-        {"event_id": "req-1", "customer_id": "acme", "meter": "api_calls", "quantity": "3",
-         "occurred_at": "2026-11-05T10:00:00Z"}]}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "events": [
+                        {
+                            "event_id": "req-1",
+                            "customer_id": "acme",
+                            "meter": "api_calls",
+                            "quantity": "3",
+                            "occurred_at": "2026-11-05T10:00:00Z",
+                        }
+                    ]
+                }
+            ]
+        },
+    )
 
-    events: list[dict[str, Any]] = Field(min_length=1, max_length=5000,
-                                         description="up to 5,000 usage events (as POST /v1/usage)")
+    events: list[dict[str, Any]] = Field(
+        min_length=1, max_length=5000, description="up to 5,000 usage events (as POST /v1/usage)"
+    )
 
 
 class BatchItemOut(BaseModel):
@@ -81,7 +109,8 @@ class CompensationIn(BaseModel):
     reason: str = Field(min_length=1, max_length=1000)
 
     _quantity = field_validator("quantity", mode="before")(
-        lambda v: None if v is None else _decimal(v))
+        lambda v: None if v is None else _decimal(v)
+    )
 
 
 class AdjustmentIn(BaseModel):
@@ -96,9 +125,19 @@ class AdjustmentIn(BaseModel):
 
 
 class CustomerIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "customer_id": "acme", "name": "Acme Ltd", "currency": "USD",
-        "late_usage_policy": "carry_forward"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": "acme",
+                    "name": "Acme Ltd",
+                    "currency": "USD",
+                    "late_usage_policy": "carry_forward",
+                }
+            ]
+        },
+    )
     customer_id: str = Field(min_length=1, max_length=200)
     name: str = Field(min_length=1, max_length=200)
     currency: str = "USD"
@@ -112,19 +151,46 @@ class CustomerPatch(BaseModel):
 
 
 class PlanIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "plan_id": "standard", "currency": "USD", "charges": [
-            {"meter": "api_calls", "aggregation": "sum", "model": "graduated",
-             "tiers": [{"up_to": 10000, "unit_amount": "0.002"},
-                       {"up_to": None, "unit_amount": "0.001", "flat_amount": "5"}]},
-            {"meter": "sms", "aggregation": "count", "model": "package",
-             "package_size": 100, "package_amount": "4.50", "included_quantity": "50"}]}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "plan_id": "standard",
+                    "currency": "USD",
+                    "charges": [
+                        {
+                            "meter": "api_calls",
+                            "aggregation": "sum",
+                            "model": "graduated",
+                            "tiers": [
+                                {"up_to": 10000, "unit_amount": "0.002"},
+                                {"up_to": None, "unit_amount": "0.001", "flat_amount": "5"},
+                            ],
+                        },
+                        {
+                            "meter": "sms",
+                            "aggregation": "count",
+                            "model": "package",
+                            "package_size": 100,
+                            "package_amount": "4.50",
+                            "included_quantity": "50",
+                        },
+                    ],
+                }
+            ]
+        },
+    )
     plan_id: str = Field(min_length=1, max_length=200)
     currency: str = "USD"
-    charges: list[dict[str, Any]] = Field(min_length=1, description=(
-        "each {meter, aggregation: sum|count|max|unique_count (field), model: per_unit "
-        "(unit_amount) | graduated | volume (tiers: [{up_to, unit_amount, flat_amount?}]) | "
-        "package (package_size, package_amount), included_quantity?}"))
+    charges: list[dict[str, Any]] = Field(
+        min_length=1,
+        description=(
+            "each {meter, aggregation: sum|count|max|unique_count (field), model: per_unit "
+            "(unit_amount) | graduated | volume (tiers: [{up_to, unit_amount, flat_amount?}]) | "
+            "package (package_size, package_amount), included_quantity?}"
+        ),
+    )
 
 
 class SubscriptionIn(BaseModel):
