@@ -39,6 +39,7 @@ from uuid import UUID
 
 from eventsourcing.utils import resolve_topic
 
+from adapters.stored_json import UndecodableState, decode_state
 from billing_domain.application import BillingApplication, check_identifier, check_period
 from billing_domain.ids import invoice_id
 from billing_domain.invoicing import charge_amount, total_of
@@ -48,8 +49,6 @@ from billing_domain.usage import aggregate_quantity, decimal_text, new_totals
 from billing_domain.verification import (
     PERIOD_TOPIC,
     PeriodLedger,
-    UndecodableState,
-    decode_state,
     repriced_lines,
 )
 

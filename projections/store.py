@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from billing_domain.persistence import set_wal_mode
+from adapters.sqlite import set_wal_mode
 from billing_domain.settings import Settings
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from billing_domain.group_commit import GroupCommitter
+from api.http.group_commit import GroupCommitter
 from billing_domain.identity import SYSTEM
 from tests.scenario import at, customer, line, usage
 

@@ -59,15 +59,17 @@ def test_duplicates_inside_one_batch_are_recognised(app):
 def test_a_batch_is_committed_whole_or_not_at_all(app, monkeypatch):
     customer(app)
     before = app.recorder.max_notification_id()
-    import billing_domain.persistence as persistence
+    import adapters.postgres as postgres_store
+    import adapters.sqlite as sqlite_store
 
-    real_rows = persistence._rows
+    real_rows = sqlite_store.ordered_keys
 
     def keys_the_store_refuses(keys):
         rows = real_rows(keys)
         return rows + rows[-1:]  # the last key twice: the database refuses the whole write
 
-    monkeypatch.setattr(persistence, "_rows", keys_the_store_refuses)
+    for store in (postgres_store, sqlite_store):
+        monkeypatch.setattr(store, "ordered_keys", keys_the_store_refuses)
     with pytest.raises(errors.StoreContention):
         app.record_usage([usage("a", 1, at(5)), usage("b", 1, at(6, month=9))])
     monkeypatch.undo()

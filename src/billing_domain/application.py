@@ -62,8 +62,8 @@ from billing_domain.ids import (
     plan_uuid,
 )
 from billing_domain.period import BillingPeriod
-from billing_domain.persistence import KeyRow, prepare_sqlite_file
 from billing_domain.plan import Plan
+from billing_domain.ports import KeyRow
 from billing_domain.pricing import Charge, check_currency, parse_charges
 from billing_domain.settings import Settings
 from billing_domain.usage import (
@@ -142,8 +142,6 @@ class BillingApplication(Application[UUID]):
         self._charges: dict[tuple[str, int], tuple[Charge, ...]] = {}
         self.last_position = 0  # the newest log position this process has written
         env = self.settings.eventsourcing_env()
-        if "SQLITE_DBNAME" in env:
-            prepare_sqlite_file(env["SQLITE_DBNAME"])
         super().__init__(env=env)
 
     def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:

@@ -68,16 +68,16 @@ class Settings:
             if path == ":memory:":
                 path = "file:billing?mode=memory&cache=shared"
             env.update(
-                PERSISTENCE_MODULE="eventsourcing.sqlite",
+                PERSISTENCE_MODULE="adapters.sqlite:SQLiteBillingFactory",
                 SQLITE_DBNAME=path,
                 SQLITE_LOCK_TIMEOUT="30",
-                APPLICATION_RECORDER_TOPIC="billing_domain.persistence:SQLiteBillingRecorder",
+                APPLICATION_RECORDER_TOPIC="adapters.sqlite:SQLiteBillingRecorder",
             )
             return env
         if url.scheme in ("postgresql", "postgres"):
             query = parse_qs(url.query)
             env.update(
-                PERSISTENCE_MODULE="billing_domain.persistence:PostgresBillingFactory",
+                PERSISTENCE_MODULE="adapters.postgres:PostgresBillingFactory",
                 POSTGRES_DBNAME=unquote(url.path.lstrip("/")) or "postgres",
                 POSTGRES_HOST=url.hostname or "127.0.0.1",
                 POSTGRES_PORT=str(url.port or 5432),
@@ -87,7 +87,7 @@ class Settings:
                 POSTGRES_POOL_SIZE=query.get("pool_size", ["8"])[0],
                 POSTGRES_MAX_OVERFLOW=query.get("max_overflow", ["8"])[0],
                 POSTGRES_LOCK_TIMEOUT="10",
-                APPLICATION_RECORDER_TOPIC="billing_domain.persistence:PostgresBillingRecorder",
+                APPLICATION_RECORDER_TOPIC="adapters.postgres:PostgresBillingRecorder",
             )
             return env
         raise SettingsError(

@@ -9,7 +9,6 @@ and `pricing`: the same arithmetic, none of the aggregate's state or the library
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,35 +35,6 @@ from billing_domain.usage import (
 
 PERIOD_TOPIC = "billing_domain.period:BillingPeriod."
 CARRIED_FORWARD = "carried_forward"
-
-
-class UndecodableState(ValueError):
-    """A stored event's state is not the JSON this application writes."""
-
-
-def _hook(value: dict[str, Any]) -> Any:
-    kind = value.get("_type_")
-    if kind is None or "_data_" not in value or len(value) != 2:
-        return value
-    data = value["_data_"]
-    if kind == "decimal_str":
-        return Decimal(data)
-    if kind == "datetime_iso":
-        return datetime.fromisoformat(data)
-    if kind == "uuid_hex":
-        return UUID(data)
-    raise UndecodableState(f"unknown encoded type {kind!r}")
-
-
-def decode_state(state: bytes) -> dict[str, Any]:
-    """The attributes of a stored event, from its bytes alone."""
-    try:
-        decoded = json.loads(state, object_hook=_hook)
-    except (ValueError, TypeError, ArithmeticError) as error:
-        raise UndecodableState(f"state is not valid JSON: {error}") from None
-    if not isinstance(decoded, dict):
-        raise UndecodableState("state is not a JSON object")
-    return decoded
 
 
 def usage_hash(record: list[Any], received_at: str, emitter: str, key_id: str) -> int:

@@ -25,9 +25,9 @@ from api.bootstrap import Services
 from api.http import schemas as s
 from api.http.auth import principal, principal_async
 from api.http.errors import HANDLERS, pydantic_items
+from api.http.group_commit import GroupCommitter
 from billing_domain.application import check_period
 from billing_domain.errors import InvalidInput, NotAuthorised, NotFound
-from billing_domain.group_commit import GroupCommitter
 from billing_domain.identity import Principal
 from billing_domain.usage import UsageInput, iso
 from projections.reconciliation import reconcile

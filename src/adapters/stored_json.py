@@ -1,0 +1,39 @@
+"""The stored events' state as this application's JSON transcoder writes it, decoded from the
+bytes alone (the reconciliation's raw view, independent of the library's mapper)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+
+class UndecodableState(ValueError):
+    """A stored event's state is not the JSON this application writes."""
+
+
+def _hook(value: dict[str, Any]) -> Any:
+    kind = value.get("_type_")
+    if kind is None or "_data_" not in value or len(value) != 2:
+        return value
+    data = value["_data_"]
+    if kind == "decimal_str":
+        return Decimal(data)
+    if kind == "datetime_iso":
+        return datetime.fromisoformat(data)
+    if kind == "uuid_hex":
+        return UUID(data)
+    raise UndecodableState(f"unknown encoded type {kind!r}")
+
+
+def decode_state(state: bytes) -> dict[str, Any]:
+    """The attributes of a stored event, from its bytes alone."""
+    try:
+        decoded = json.loads(state, object_hook=_hook)
+    except (ValueError, TypeError, ArithmeticError) as error:
+        raise UndecodableState(f"state is not valid JSON: {error}") from None
+    if not isinstance(decoded, dict):
+        raise UndecodableState("state is not a JSON object")
+    return decoded
