@@ -163,12 +163,14 @@ def compensate_record(
 def aggregate_quantity(totals: dict[str, Any]) -> Decimal:
     """The meter's aggregate, net of compensations, plus signed manual adjustments."""
     aggregation = totals["aggregation"]
+    base: Decimal
     if aggregation == "sum":
-        base = totals["sum"]
+        base = Decimal(totals["sum"])
     elif aggregation == "count":
         base = Decimal(totals["count"])
     elif aggregation == "max":
         base = max((Decimal(v) for v in totals["values"]), default=ZERO)
     else:
         base = Decimal(len(totals["values"]))
-    return base + totals["adjustment"]
+    adjustment: Decimal = totals["adjustment"]
+    return base + adjustment

@@ -1,0 +1,190 @@
+"""Emitters, keys, grants, authentication and the audit of refusals."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError
+
+from billing_domain.core import (
+    ApplicationCore,
+    check_identifier,
+)
+from billing_domain.errors import (
+    EmitterExists,
+    InvalidInput,
+    NotAuthenticated,
+    NotFound,
+    UnknownEmitter,
+    UnknownKey,
+)
+from billing_domain.identity import (
+    ROLES,
+    SYSTEM,
+    Emitter,
+    Grant,
+    Key,
+    Principal,
+    hash_secret,
+    secrets_match,
+)
+from billing_domain.ids import (
+    emitter_uuid,
+    key_uuid,
+)
+from billing_domain.usage import (
+    iso,
+)
+
+
+class AccessCommands(ApplicationCore):
+    def register_emitter(
+        self, emitter_id: str, name: str, principal: Principal = SYSTEM
+    ) -> Emitter:
+        """Register a non-human identity that sends usage."""
+        check_identifier(emitter_id, "emitter_id")
+        check_identifier(name, "name")
+        if self._find(emitter_uuid(emitter_id), Emitter) is not None:
+            raise EmitterExists(f"emitter {emitter_id!r} already exists")
+        emitter = Emitter(emitter_id=emitter_id, name=name, actor=principal.actor)
+        try:
+            self.save(emitter)
+        except IntegrityError:
+            raise EmitterExists(f"emitter {emitter_id!r} already exists") from None
+        return emitter
+
+    def create_key(
+        self, role: str, name: str, emitter_id: str | None = None, principal: Principal = SYSTEM
+    ) -> tuple[str, str]:
+        """Issue a key; returns (key_id, key). The key is shown once and stored hashed."""
+        if role not in ROLES:
+            raise InvalidInput(f"must be one of {', '.join(ROLES)}", field="role")
+        check_identifier(name, "name")
+        if role == "emitter":
+            if not emitter_id:
+                raise InvalidInput("an emitter key names its emitter", field="emitter_id")
+            if self._find(emitter_uuid(emitter_id), Emitter) is None:
+                raise UnknownEmitter(f"no emitter {emitter_id!r}", field="emitter_id")
+        elif emitter_id is not None:
+            raise InvalidInput("only emitter keys belong to an emitter", field="emitter_id")
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        self.save(
+            Key(
+                key_id=key_id,
+                key_hash=hash_secret(secret),
+                role=role,
+                name=name,
+                emitter_id=emitter_id,
+                actor=principal.actor,
+            )
+        )
+        return key_id, f"bk_{key_id}_{secret}"
+
+    def revoke_key(self, key_id: str, principal: Principal = SYSTEM) -> dict[str, Any]:
+        """Revoke a key at once; it authenticates nothing afterwards."""
+
+        def attempt() -> dict[str, Any]:
+            key = (
+                self._find(key_uuid(key_id), Key) if re.fullmatch(r"[0-9a-f]{16}", key_id) else None
+            )
+            if key is None:
+                raise UnknownKey(f"no key {key_id!r}")
+            if not key.revoked:
+                key.revoke(principal.actor)
+                self.save(key)
+            return {"key_id": key_id, "role": key.role, "name": key.name, "revoked": True}
+
+        return self._retry(attempt)
+
+    def authenticate(self, token: str) -> Principal:
+        """The principal a bearer key stands for; any doubt is NotAuthenticated."""
+        admin_key = self.settings.admin_key
+        if admin_key and secrets.compare_digest(token.encode(), admin_key.encode()):
+            return Principal(emitter="bootstrap-admin", key_id="bootstrap", role="admin")
+        parts = token.split("_", 2)
+        if len(parts) != 3 or parts[0] != "bk" or not re.fullmatch(r"[0-9a-f]{16}", parts[1]):
+            raise NotAuthenticated("malformed key")
+        key = self._find(key_uuid(parts[1]), Key)
+        if key is None or not secrets_match(parts[2], key.key_hash):
+            raise NotAuthenticated("unknown key")
+        if key.revoked:
+            raise NotAuthenticated("revoked key")
+        grants: tuple[Grant, ...] = ()
+        if key.emitter_id is not None:
+            emitter = self._find(emitter_uuid(key.emitter_id), Emitter)
+            grants = emitter.active_grants() if emitter is not None else ()
+        return Principal(key.holder, key.key_id, key.role, grants)
+
+    def grant(
+        self,
+        emitter_id: str,
+        customer_id: str,
+        meters: list[str],
+        valid_from: datetime | None = None,
+        valid_until: datetime | None = None,
+        principal: Principal = SYSTEM,
+    ) -> dict[str, Any]:
+        """Allow an emitter to ingest for a customer (or '*') and meters within a window."""
+        if customer_id != "*":
+            self._customer(customer_id)
+        if not meters or not all(isinstance(m, str) and m for m in meters):
+            raise InvalidInput("needs at least one meter name, or '*'", field="meters")
+        for name, value in (("valid_from", valid_from), ("valid_until", valid_until)):
+            if value is not None and value.tzinfo is None:
+                raise InvalidInput("must have a UTC offset", field=name)
+        if valid_from and valid_until and valid_until <= valid_from:
+            raise InvalidInput("must be after valid_from", field="valid_until")
+        grant_id = f"g_{secrets.token_hex(6)}"
+
+        def attempt() -> dict[str, Any]:
+            holder = self._find(emitter_uuid(emitter_id), Emitter)
+            if holder is None:
+                raise UnknownEmitter(f"no emitter {emitter_id!r}")
+            holder.grant(
+                grant_id, customer_id, list(meters), valid_from, valid_until, principal.actor
+            )
+            self.save(holder)
+            return {
+                "grant_id": grant_id,
+                "emitter_id": emitter_id,
+                "customer_id": customer_id,
+                "meters": list(meters),
+                "valid_from": iso(valid_from) if valid_from else None,
+                "valid_until": iso(valid_until) if valid_until else None,
+            }
+
+        return self._retry(attempt)
+
+    def revoke_grant(
+        self, emitter_id: str, grant_id: str, principal: Principal = SYSTEM
+    ) -> dict[str, Any]:
+        """Withdraw a grant at once."""
+
+        def attempt() -> dict[str, Any]:
+            holder = self._find(emitter_uuid(emitter_id), Emitter)
+            if holder is None:
+                raise UnknownEmitter(f"no emitter {emitter_id!r}")
+            if grant_id not in holder.grants:
+                raise NotFound(
+                    f"emitter {emitter_id!r} has no grant {grant_id!r}", field="grant_id"
+                )
+            holder.revoke_grant(grant_id, principal.actor)
+            self.save(holder)
+            return {"grant_id": grant_id, "emitter_id": emitter_id, "revoked": True}
+
+        return self._retry(attempt)
+
+    def record_refusal(
+        self,
+        principal: Principal | None,
+        action: str,
+        reason: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Keep a refused request in the audit log (never the key itself)."""
+        who = principal or Principal(emitter="anonymous", key_id="-", role="none")
+        self.save(self._refusal_fact(who, action, reason, detail or {}, self.clock()))

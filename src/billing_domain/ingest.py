@@ -1,0 +1,275 @@
+"""Usage ingest: a batch, or single events from several callers in one group commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from billing_domain.core import (
+    ApplicationCore,
+    check_identifier,
+)
+from billing_domain.customer import Customer
+from billing_domain.errors import (
+    BillingError,
+    InvalidInput,
+    NegativeQuantity,
+    NotAuthorised,
+    UnknownCustomer,
+)
+from billing_domain.identity import (
+    SYSTEM,
+    AuditFact,
+    Principal,
+)
+from billing_domain.ids import (
+    customer_uuid,
+    period_uuid,
+)
+from billing_domain.period import BillingPeriod
+from billing_domain.ports import KeyRow
+from billing_domain.pricing import Charge
+from billing_domain.usage import (
+    UsageInput,
+    UsageResult,
+    decimal_text,
+    iso,
+    payload_hash,
+    period_of,
+)
+
+
+@dataclass(frozen=True)
+class _Routed:
+    index: int
+    item: UsageInput
+    principal: Principal
+    payload_hash: str
+    billed_customer_id: str
+    period: str
+    charge: Charge
+
+
+class IngestCommands(ApplicationCore):
+    def record_usage(
+        self,
+        items: Sequence[UsageInput],
+        principal: Principal = SYSTEM,
+        *,
+        received_at: datetime | None = None,
+    ) -> list[UsageResult]:
+        """Record a batch atomically; retries are duplicates, same id with new payload conflicts."""
+        if len(items) > self.settings.max_batch:
+            raise InvalidInput(
+                f"at most {self.settings.max_batch} events per batch", field="events"
+            )
+        return self.record_usage_from(
+            [(item, principal) for item in items], received_at=received_at
+        )
+
+    def record_usage_from(
+        self,
+        entries: Sequence[tuple[UsageInput, Principal]],
+        *,
+        received_at: datetime | None = None,
+    ) -> list[UsageResult]:
+        """Record usage sent by several callers in one atomic commit (group commit)."""
+        now = received_at or self.clock()
+        results: list[UsageResult | None] = [None] * len(entries)
+        first_of: dict[tuple[str, str], tuple[int, str]] = {}
+        routed: list[_Routed] = []
+        refusals: list[AuditFact] = []
+        submitted = {item.customer_id for item, _ in entries if isinstance(item.customer_id, str)}
+        loaded = self._load_many((customer_uuid(c) for c in submitted), copy=False)
+        customers: dict[str, Customer | None] = {c: loaded[customer_uuid(c)] for c in submitted}  # type: ignore[misc]
+        for index, (item, principal) in enumerate(entries):
+            try:
+                self._check_usage(item, now)
+                key = (item.customer_id, item.event_id)
+                digest = payload_hash(item)
+                if key in first_of:
+                    if first_of[key][1] == digest:
+                        results[index] = UsageResult(item.event_id, "duplicate")
+                    else:
+                        results[index] = UsageResult(
+                            item.event_id,
+                            "conflict",
+                            detail="same event_id with another payload in this batch",
+                        )
+                        refusals.append(
+                            self._conflict_fact(principal, item, digest, first_of[key][1], now)
+                        )
+                    continue
+                first_of[key] = (index, digest)
+                if item.customer_id not in customers:
+                    customers[item.customer_id] = self._find(
+                        customer_uuid(item.customer_id), Customer
+                    )
+                customer = customers[item.customer_id]
+                if customer is None:
+                    raise UnknownCustomer(f"no customer {item.customer_id!r}")
+                if not principal.may_ingest(item.customer_id, item.meter, now):
+                    raise NotAuthorised(
+                        f"{principal.emitter!r} has no grant for customer "
+                        f"{item.customer_id!r} and meter {item.meter!r}"
+                    )
+                billed = self._billed_customer(customer, item.occurred_at)
+                period = period_of(item.occurred_at)
+                charge = self._charge_for(billed, period, item.meter)
+                routed.append(
+                    _Routed(index, item, principal, digest, billed.customer_id, period, charge)
+                )
+            except BillingError as error:
+                results[index] = UsageResult(
+                    item.event_id,
+                    "rejected",
+                    detail=error.reason,
+                    field=error.field,
+                    code=error.code,
+                )
+                if isinstance(error, NotAuthorised):
+                    refusals.append(
+                        self._refusal_fact(
+                            principal,
+                            "usage.ingest",
+                            error.reason,
+                            {
+                                "customer_id": item.customer_id,
+                                "meter": item.meter,
+                                "event_id": item.event_id,
+                            },
+                            now,
+                        )
+                    )
+
+        if routed or refusals:
+            self._retry(lambda: self._commit_usage(routed, results, now, refusals))
+        for index, (item, _) in enumerate(entries):
+            result = results[index]
+            if result is not None and result.status == "duplicate" and result.period is None:
+                first = results[first_of[(item.customer_id, item.event_id)][0]]
+                if first is not None and first.status in ("accepted", "duplicate"):
+                    results[index] = UsageResult(
+                        item.event_id, "duplicate", first.period, first.treatment
+                    )
+        return [r for r in results if r is not None]
+
+    def _check_usage(self, item: UsageInput, now: datetime) -> None:
+        check_identifier(item.event_id, "event_id", max_length=256)
+        check_identifier(item.customer_id, "customer_id")
+        check_identifier(item.meter, "meter")
+        if not isinstance(item.quantity, Decimal) or not item.quantity.is_finite():
+            raise InvalidInput("must be a finite decimal number", field="quantity")
+        if item.quantity < 0:
+            raise NegativeQuantity("must not be negative")
+        self._check_time(item.occurred_at, now)
+        if not isinstance(item.properties, dict):
+            raise InvalidInput("must be an object", field="properties")
+
+    def _conflict_fact(
+        self, principal: Principal, item: UsageInput, digest: str, recorded: str, now: datetime
+    ) -> AuditFact:
+        return self._refusal_fact(
+            principal,
+            "usage.conflict",
+            "same event_id with another payload",
+            {
+                "customer_id": item.customer_id,
+                "event_id": item.event_id,
+                "payload_hash": digest,
+                "recorded_payload_hash": recorded,
+            },
+            now,
+        )
+
+    def _commit_usage(
+        self,
+        routed: list[_Routed],
+        results: list[UsageResult | None],
+        now: datetime,
+        refusals: list[AuditFact],
+    ) -> None:
+        existing = self.key_store.select_keys(
+            "usage", [(r.item.customer_id, r.item.event_id) for r in routed]
+        )
+        pending: dict[UUID, Aggregate] = {}
+        facts: list[AuditFact] = list(refusals)
+        groups: dict[tuple[str, str], list[_Routed]] = {}
+        for r in routed:
+            row: KeyRow | None = existing.get((r.item.customer_id, r.item.event_id))
+            if row is None:
+                groups.setdefault((r.billed_customer_id, r.period), []).append(r)
+            elif row.payload_hash == r.payload_hash:
+                results[r.index] = UsageResult(r.item.event_id, "duplicate", r.period)
+            else:
+                results[r.index] = UsageResult(
+                    r.item.event_id,
+                    "conflict",
+                    r.period,
+                    detail="event_id was recorded before with another payload; the first stands",
+                )
+                facts.append(
+                    self._conflict_fact(r.principal, r.item, r.payload_hash, row.payload_hash, now)
+                )
+        keys: list[KeyRow] = []
+        restate: dict[UUID, tuple[BillingPeriod, Principal]] = {}
+        received = iso(now)
+        for period_id, found in self._load_many(period_uuid(*g) for g in groups).items():
+            if found is not None:
+                pending[period_id] = found
+        for (billed_id, period_name), group in groups.items():
+            period = self._period_for_write(billed_id, period_name, pending)
+            treatment = self._late_treatment(period)
+            by_sender: dict[Principal, list[_Routed]] = {}
+            for r in group:
+                by_sender.setdefault(r.principal, []).append(r)
+            for sender, sent in by_sender.items():
+                records = [
+                    [
+                        r.item.event_id,
+                        r.item.customer_id,
+                        r.item.meter,
+                        decimal_text(r.item.quantity),
+                        iso(r.item.occurred_at),
+                        r.item.properties,
+                    ]
+                    for r in sent
+                ]
+                meters = {r.item.meter: [r.charge.aggregation, r.charge.field] for r in sent}
+                if treatment == "carried_forward":
+                    entries = period.record_late_carried(
+                        received, sender.emitter, sender.key_id, meters, records
+                    )
+                    target = self._open_period_for_carry(billed_id, now, pending)
+                    for entry in entries:
+                        target.carry_forward(**entry, received_at=received)
+                else:
+                    period.record_usage(
+                        received, sender.emitter, sender.key_id, treatment, meters, records
+                    )
+                    if treatment == "restated":
+                        restate[period.id] = (period, sender)
+                for r in sent:
+                    keys.append(
+                        KeyRow(
+                            r.item.customer_id,
+                            "usage",
+                            r.item.event_id,
+                            r.payload_hash,
+                            period.id,
+                            period.version,
+                            r.item.meter,
+                            decimal_text(r.item.quantity),
+                        )
+                    )
+                    results[r.index] = UsageResult(
+                        r.item.event_id, "accepted", period_name, treatment, received_at=received
+                    )
+        for period, sender in restate.values():
+            period.restate(actor=sender.actor, restated_at=now, reason="late usage")
+        self.save(*pending.values(), *facts, keys=keys)
