@@ -10,20 +10,15 @@ usage event of thousands of records costs one row, not thousands.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
 from billing_domain.ids import invoice_id
 from billing_domain.invoicing import carried_lines, total_of, usage_lines
+from billing_domain.merkle import append, root
 from billing_domain.pricing import Charge, parse_charges
-from billing_domain.usage import (
-    DIGEST_MODULUS,
-    add_record,
-    compensate_record,
-    digest_text,
-    tracked_value,
-)
+from billing_domain.usage import add_record, compensate_record, tracked_value
 from billing_domain.verification import adjustment_hash, compensation_hash, usage_hashes
 from projections.base import Projection, dec, dumps, stamp
 from projections.batch import (
@@ -36,6 +31,20 @@ from projections.batch import (
     plan_for,
 )
 from projections.store import Cursor
+
+
+def _add_leaves(row: dict[str, Any], items: Iterable[int]) -> None:
+    """Append billed items to the period row's lineage tree (its compact range, as JSON)."""
+    peaks, count = json.loads(row["peaks"]), int(row["items"])
+    for item in items:
+        append(peaks, count, item)
+        count += 1
+    row["peaks"], row["items"], row["dirty"] = dumps(peaks), count, True
+
+
+def _stamp_peaks(row: dict[str, Any], delta: dict[str, Any]) -> None:
+    """A billed delta row keeps the tree as it stood after its event, for as_of digests."""
+    delta["peaks"], delta["items"] = row["peaks"], row["items"]
 
 
 class InvoicesProjection(Projection):
@@ -63,7 +72,7 @@ class InvoicesProjection(Projection):
             "charges TEXT NOT NULL, PRIMARY KEY (plan_id, version)",
             "periods": "period_uuid TEXT PRIMARY KEY, customer_id TEXT NOT NULL, "
             "period TEXT NOT NULL, invoice_id TEXT NOT NULL, status TEXT NOT NULL, "
-            "acc TEXT NOT NULL, items BIGINT NOT NULL",
+            "peaks TEXT NOT NULL, items BIGINT NOT NULL",
             "balances": "customer_id TEXT NOT NULL, period TEXT NOT NULL, meter TEXT NOT NULL, "
             "aggregation TEXT NOT NULL, field TEXT, sum TEXT NOT NULL, "
             "count BIGINT NOT NULL, vals TEXT NOT NULL, adjustment TEXT NOT NULL, "
@@ -72,12 +81,12 @@ class InvoicesProjection(Projection):
             "position BIGINT NOT NULL, kind TEXT NOT NULL, received_at TEXT NOT NULL, "
             "aggregation TEXT NOT NULL, field TEXT, sum TEXT NOT NULL, "
             "count BIGINT NOT NULL, vals TEXT NOT NULL, adjustment TEXT NOT NULL, "
-            "acc TEXT NOT NULL, items BIGINT NOT NULL, "
+            "peaks TEXT NOT NULL, items BIGINT NOT NULL, "
             "PRIMARY KEY (customer_id, period, meter, kind, position)",
             "carried": "customer_id TEXT NOT NULL, period TEXT NOT NULL, "
             "from_period TEXT NOT NULL, meter TEXT NOT NULL, "
             "position BIGINT NOT NULL, received_at TEXT NOT NULL, "
-            "quantity TEXT NOT NULL, amount TEXT NOT NULL, acc TEXT NOT NULL, "
+            "quantity TEXT NOT NULL, amount TEXT NOT NULL, peaks TEXT NOT NULL, "
             "items BIGINT NOT NULL, "
             "PRIMARY KEY (customer_id, period, from_period, meter, position)",
             "compensated": "customer_id TEXT NOT NULL, period TEXT NOT NULL, "
@@ -140,7 +149,7 @@ class InvoicesProjection(Projection):
             "period": e.period,
             "invoice_id": invoice_id(e.customer_id, e.period),
             "status": "open",
-            "acc": "0",
+            "peaks": "[]",
             "items": 0,
             "dirty": True,
         }
@@ -206,24 +215,22 @@ class InvoicesProjection(Projection):
                 else None
             )
             add_record(delta, quantity, value)
-            if billed:
-                delta["acc"] += next(hashes)  # type: ignore[arg-type]
-                delta["items"] += 1
-            else:
+            if not billed:
                 b.carried_ids.append((customer_id, period, record[0]))
         b.received[position] = e.received_at
+        if billed:
+            _add_leaves(row, hashes)  # type: ignore[arg-type]
         for meter, delta in by_meter.items():
             totals = b.meter(customer_id, period, meter, delta["aggregation"], delta["field"])
             if billed:
                 add_totals(totals, delta)
-                delta["acc"] %= DIGEST_MODULUS
-                b.accumulate(row, delta["acc"], delta["items"])
+                _stamp_peaks(row, delta)
         if billed:
             b.touched.add((customer_id, period))
 
     def _on_carried(self, b: BatchState, position: int, e: Any) -> None:
         row = b.period(e.originator_id)
-        acc = sum(int(source[2], 16) for source in e.sources) % DIGEST_MODULUS
+        _add_leaves(row, (int(source[2], 16) for source in e.sources))
         b.carried.append(
             (
                 row["customer_id"],
@@ -234,11 +241,10 @@ class InvoicesProjection(Projection):
                 stamp(e.received_at),
                 str(e.quantity),
                 str(e.amount),
-                format(acc, "x"),
-                len(e.sources),
+                row["peaks"],
+                row["items"],
             )
         )
-        b.accumulate(row, acc, len(e.sources))
         b.touched.add((row["customer_id"], row["period"]))
 
     def _on_compensated(self, b: BatchState, position: int, e: Any) -> None:
@@ -271,20 +277,22 @@ class InvoicesProjection(Projection):
             compensate_record(
                 totals, e.quantity, net_before=net_before, value_before=before, value_after=after
             )
-            b.accumulate(
+            _add_leaves(
                 row,
-                compensation_hash(
-                    e.compensation_id,
-                    e.event_id,
-                    e.submitted_customer_id,
-                    e.meter,
-                    e.quantity,
-                    e.reason,
-                    e.received_at,
-                    e.actor,
-                ),
-                delta=delta,
+                [
+                    compensation_hash(
+                        e.compensation_id,
+                        e.event_id,
+                        e.submitted_customer_id,
+                        e.meter,
+                        e.quantity,
+                        e.reason,
+                        e.received_at,
+                        e.actor,
+                    )
+                ],
             )
+            _stamp_peaks(row, delta)
             b.touched.add((customer_id, period))
 
     def _on_adjusted(self, b: BatchState, position: int, e: Any) -> None:
@@ -306,19 +314,21 @@ class InvoicesProjection(Projection):
             b.meter(customer_id, period, e.meter, e.aggregation, e.field)["adjustment"] += (
                 e.quantity
             )
-            b.accumulate(
+            _add_leaves(
                 row,
-                adjustment_hash(
-                    e.adjustment_id,
-                    e.meter,
-                    e.quantity,
-                    e.occurred_at,
-                    e.reason,
-                    e.received_at,
-                    e.actor,
-                ),
-                delta=delta,
+                [
+                    adjustment_hash(
+                        e.adjustment_id,
+                        e.meter,
+                        e.quantity,
+                        e.occurred_at,
+                        e.reason,
+                        e.received_at,
+                        e.actor,
+                    )
+                ],
             )
+            _stamp_peaks(row, delta)
             b.touched.add((customer_id, period))
 
     def _on_issued(self, b: BatchState, position: int, e: Any) -> None:
@@ -378,7 +388,7 @@ class InvoicesProjection(Projection):
             )
         cur.executemany(
             f"INSERT INTO {self.t('periods')} VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
-            "(period_uuid) DO UPDATE SET status = excluded.status, acc = excluded.acc, "
+            "(period_uuid) DO UPDATE SET status = excluded.status, peaks = excluded.peaks, "
             "items = excluded.items",
             [
                 (
@@ -387,7 +397,7 @@ class InvoicesProjection(Projection):
                     r["period"],
                     r["invoice_id"],
                     r["status"],
-                    r["acc"],
+                    r["peaks"],
                     r["items"],
                 )
                 for r in b.periods.values()
@@ -430,7 +440,7 @@ class InvoicesProjection(Projection):
                     t["count"],
                     dumps(t["values"]),
                     str(t["adjustment"]),
-                    format(t["acc"], "x"),
+                    t.get("peaks", "[]"),
                     t["items"],
                 )
                 for (c, p, m, pos, kind), t in b.deltas.items()
@@ -480,7 +490,7 @@ class InvoicesProjection(Projection):
                 "currency": customer["currency"],
                 "lines": dumps(lines),
                 "total": total_of(lines),
-                "lineage_digest": digest_text(int(row["acc"], 16), int(row["items"])),
+                "lineage_digest": root(json.loads(row["peaks"])),
                 "plan_id": subscribed[0] if subscribed else None,
                 "plan_version": subscribed[1] if subscribed else None,
                 "issued_at": None,

@@ -8,8 +8,9 @@ from decimal import Decimal
 from typing import Any
 
 from billing_domain.invoicing import charge_amount, total_of
+from billing_domain.merkle import root
 from billing_domain.pricing import Charge
-from billing_domain.usage import DIGEST_MODULUS, decimal_text, digest_text, new_totals
+from billing_domain.usage import decimal_text, new_totals
 from projections.batch import BILLED, add_totals, plan_for, totals_from_row
 from projections.errors import InvalidCursor
 from projections.ledger import InvoicesProjection
@@ -200,22 +201,23 @@ class InvoiceReads:
     def lineage_digest(
         self, cur: Cursor, customer_id: str, period: str, as_of: str | None = None
     ) -> str:
-        """The digest of the billed items the lineage rows point at (received by `as_of`)."""
-        acc, items = 0, 0
+        """The root of the period's lineage tree as its last billed lineage row (received by
+        `as_of`) left it: each row keeps the tree's compact range after its event."""
+        latest: tuple[int, str] = (-1, "[]")
         for table in ("deltas", "carried"):
             where = " AND kind = 'billed'" if table == "deltas" else ""
             params = [customer_id, period]
             if as_of is not None:
                 where += " AND received_at <= ?"
                 params.append(as_of)
-            for r in cur.all(
-                f"SELECT acc, items FROM {self.t(table)} WHERE customer_id = ? "
-                f"AND period = ?{where}",
+            r = cur.one(
+                f"SELECT position, peaks FROM {self.t(table)} WHERE customer_id = ? "
+                f"AND period = ?{where} ORDER BY position DESC LIMIT 1",
                 params,
-            ):
-                acc = (acc + int(r["acc"], 16)) % DIGEST_MODULUS
-                items += int(r["items"])
-        return digest_text(acc, items)
+            )
+            if r is not None and int(r["position"]) > latest[0]:
+                latest = (int(r["position"]), r["peaks"])
+        return root(json.loads(latest[1]))
 
     def invoices(
         self,

@@ -12,6 +12,7 @@ from eventsourcing.domain import Aggregate, event
 from billing_domain.errors import CompensationExceedsUsage
 from billing_domain.ids import period_uuid
 from billing_domain.invoicing import carried_lines, charge_amount, total_of, usage_lines
+from billing_domain.merkle import MERKLE_SCHEME, SUM_SCHEME, append, root
 from billing_domain.pricing import parse_charges
 from billing_domain.usage import (
     ZERO,
@@ -34,9 +35,59 @@ CARRIED_FORWARD = "carried_forward"
 
 
 class BillingPeriod(Aggregate):
+    # Version 2 keeps the lineage Merkle tree's compact range (`lineage_peaks`).
+    class_version = 2
+
     class Opened(Aggregate.Created):
         customer_id: str
         period: str
+
+    class Closed(Aggregate.Event):
+        class_version = 2
+        revision: int
+        plan_id: str
+        plan_version: int
+        currency: str
+        charges: list[dict[str, Any]]
+        lines: list[dict[str, Any]]
+        total: str
+        lineage_digest: str
+        lineage_scheme: str
+        items: int
+        actor: str
+        closed_at: datetime
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Version 1 revisions were digested as a sum of item hashes."""
+            state["lineage_scheme"] = SUM_SCHEME
+
+    class Restated(Aggregate.Event):
+        class_version = 2
+        revision: int
+        plan_id: str
+        plan_version: int
+        currency: str
+        charges: list[dict[str, Any]]
+        lines: list[dict[str, Any]]
+        total: str
+        lineage_digest: str
+        lineage_scheme: str
+        items: int
+        actor: str
+        closed_at: datetime
+        reason: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Version 1 revisions were digested as a sum of item hashes."""
+            state["lineage_scheme"] = SUM_SCHEME
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """A snapshot from before the Merkle digest cannot rebuild the tree without its items:
+        that period goes on issuing sum-scheme revisions."""
+        state["lineage_peaks"] = None
 
     @staticmethod
     def create_id(customer_id: str, period: str, **_: Any) -> UUID:
@@ -56,6 +107,7 @@ class BillingPeriod(Aggregate):
         self.revisions: list[dict[str, Any]] = []
         self.digest_accumulator = 0
         self.items = 0
+        self.lineage_peaks: list[str] | None = []
         self.record_count = 0
 
     @property
@@ -67,11 +119,20 @@ class BillingPeriod(Aggregate):
         return len(self.revisions)
 
     @property
+    def lineage_scheme(self) -> str:
+        return SUM_SCHEME if self.lineage_peaks is None else MERKLE_SCHEME
+
+    @property
     def lineage_digest(self) -> str:
-        return digest_text(self.digest_accumulator, self.items)
+        if self.lineage_peaks is None:
+            return digest_text(self.digest_accumulator, self.items)
+        return root(self.lineage_peaks)
 
     def _accumulate(self, value: int) -> None:
+        # The sum is kept for periods whose snapshot predates the tree (lineage_peaks None).
         self.digest_accumulator = (self.digest_accumulator + value) % (1 << 256)
+        if self.lineage_peaks is not None:
+            append(self.lineage_peaks, self.items, value)
         self.items += 1
 
     def _ensure_meter(self, meter: str, aggregation: str, field: str | None) -> None:
@@ -216,11 +277,17 @@ class BillingPeriod(Aggregate):
         )
         if treatment != CARRIED_FORWARD:
             return []
-        source = [
-            "compensation",
+        item = compensation_hash(
             compensation_id,
-            f"{compensation_hash(compensation_id, event_id, submitted_customer_id, meter, quantity, reason, received_at, actor):064x}",
-        ]
+            event_id,
+            submitted_customer_id,
+            meter,
+            quantity,
+            reason,
+            received_at,
+            actor,
+        )
+        source = ["compensation", compensation_id, f"{item:064x}"]
         return self._marginal(before, {meter: [source]})
 
     @event("UsageCompensated")
@@ -296,11 +363,10 @@ class BillingPeriod(Aggregate):
         )
         if treatment != CARRIED_FORWARD:
             return []
-        source = [
-            "adjustment",
-            adjustment_id,
-            f"{adjustment_hash(adjustment_id, meter, quantity, occurred_at, reason, received_at, actor):064x}",
-        ]
+        item = adjustment_hash(
+            adjustment_id, meter, quantity, occurred_at, reason, received_at, actor
+        )
+        source = ["adjustment", adjustment_id, f"{item:064x}"]
         return self._marginal(before, {meter: [source]})
 
     @event("UsageAdjusted")
@@ -358,13 +424,14 @@ class BillingPeriod(Aggregate):
             lines,
             total_of(lines),
             self.lineage_digest,
+            self.lineage_scheme,
             self.items,
             actor,
             closed_at,
         )
         return True
 
-    @event("Closed")
+    @event(Closed)
     def _close(
         self,
         revision: int,
@@ -375,6 +442,7 @@ class BillingPeriod(Aggregate):
         lines: list[dict[str, Any]],
         total: str,
         lineage_digest: str,
+        lineage_scheme: str,
         items: int,
         actor: str,
         closed_at: datetime,
@@ -390,6 +458,7 @@ class BillingPeriod(Aggregate):
                 "lines": lines,
                 "total": total,
                 "lineage_digest": lineage_digest,
+                "lineage_scheme": lineage_scheme,
                 "items": items,
                 "issued_at": closed_at,
             }
@@ -408,13 +477,14 @@ class BillingPeriod(Aggregate):
             lines,
             total_of(lines),
             self.lineage_digest,
+            self.lineage_scheme,
             self.items,
             actor,
             restated_at,
             reason,
         )
 
-    @event("Restated")
+    @event(Restated)
     def _restate(
         self,
         revision: int,
@@ -425,6 +495,7 @@ class BillingPeriod(Aggregate):
         lines: list[dict[str, Any]],
         total: str,
         lineage_digest: str,
+        lineage_scheme: str,
         items: int,
         actor: str,
         closed_at: datetime,
@@ -440,6 +511,7 @@ class BillingPeriod(Aggregate):
                 "lines": lines,
                 "total": total,
                 "lineage_digest": lineage_digest,
+                "lineage_scheme": lineage_scheme,
                 "items": items,
                 "issued_at": closed_at,
             }

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from billing_domain.merkle import MERKLE_SCHEME, SUM_SCHEME, append, root
 from billing_domain.pricing import parse_charges, round_money
 from billing_domain.usage import (
     DIGEST_MODULUS,
@@ -144,7 +145,8 @@ class CorrectionSeen:
 
 @dataclass
 class Revision:
-    """An invoice revision as recorded at close or restatement, with its recomputed digest."""
+    """An invoice revision as recorded at close or restatement, with its digest recomputed
+    under the scheme it was issued with."""
 
     revision: int
     status: str
@@ -156,6 +158,24 @@ class Revision:
     @property
     def recorded_digest(self) -> str:
         return str(self.data.get("lineage_digest"))
+
+    @property
+    def scheme(self) -> str:
+        return revision_scheme(self.data)
+
+
+def revision_scheme(data: dict[str, Any]) -> str:
+    """The digest scheme of a stored Closed/Restated state; version 1 events had only sums."""
+    return str(data.get("lineage_scheme") or SUM_SCHEME)
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """One item of a period's lineage tree: what it is, its id and its sha256."""
+
+    kind: str
+    ident: str
+    item: int
 
 
 @dataclass
@@ -170,6 +190,7 @@ class PeriodLedger:
     net: dict[str, tuple[Decimal, dict[str, Any]]] = field(default_factory=dict)
     carried_ids: set[str] = field(default_factory=set)
     accumulator: int = 0
+    peaks: list[str] = field(default_factory=list)
     items: int = 0
     records: int = 0
     revisions: list[Revision] = field(default_factory=list)
@@ -177,18 +198,29 @@ class PeriodLedger:
     corrections: list[CorrectionSeen] = field(default_factory=list)
     last_version: int = 0
     keep_records: bool = True
+    leaves: list[Leaf] | None = None  # kept only when inclusion proofs are wanted
 
     @property
     def lineage_digest(self) -> str:
-        return digest_text(self.accumulator, self.items)
+        return root(self.peaks)
+
+    def digest_under(self, scheme: str) -> str:
+        if scheme == MERKLE_SCHEME:
+            return root(self.peaks)
+        if scheme == SUM_SCHEME:
+            return digest_text(self.accumulator, self.items)
+        return f"unknown lineage scheme {scheme!r}"
 
     @property
     def status(self) -> str:
         return "closed" if self.revisions else "open"
 
-    def _accumulate(self, value: int) -> None:
+    def _accumulate(self, value: int, kind: str, ident: str) -> None:
         self.accumulator = (self.accumulator + value) % DIGEST_MODULUS
+        append(self.peaks, self.items, value)
         self.items += 1
+        if self.leaves is not None:
+            self.leaves.append(Leaf(kind, ident, value))
 
     def _meter(self, meter: str, aggregation: str, field_name: str | None) -> dict[str, Any]:
         if meter not in self.billed:
@@ -212,7 +244,7 @@ class PeriodLedger:
             if billed:
                 totals = self._meter(meter, *s["meters"][meter])
                 add_record(totals, quantity, tracked_value(totals, quantity, properties))
-                self._accumulate(next(hashes))  # type: ignore[arg-type]
+                self._accumulate(next(hashes), "usage", event_id)  # type: ignore[arg-type]
             else:
                 self.carried_ids.add(event_id)
             self.net[event_id] = (quantity, properties)
@@ -239,8 +271,8 @@ class PeriodLedger:
         )
         entry["quantity"] += s["quantity"]
         entry["amount"] += s["amount"]
-        for _kind, _ident, hex_hash in s["sources"]:
-            self._accumulate(int(hex_hash, 16))
+        for kind, ident, hex_hash in s["sources"]:
+            self._accumulate(int(hex_hash, 16), kind, ident)
 
     def _on_UsageCompensated(self, s: dict[str, Any], version: int, position: int) -> None:
         event_id, quantity = s["event_id"], s["quantity"]
@@ -269,7 +301,9 @@ class PeriodLedger:
                     s["reason"],
                     s["received_at"],
                     s["actor"],
-                )
+                ),
+                "compensation",
+                s["compensation_id"],
             )
         self.corrections.append(
             CorrectionSeen(
@@ -294,7 +328,9 @@ class PeriodLedger:
                     s["reason"],
                     s["received_at"],
                     s["actor"],
-                )
+                ),
+                "adjustment",
+                s["adjustment_id"],
             )
         self.corrections.append(
             CorrectionSeen(
@@ -317,7 +353,14 @@ class PeriodLedger:
         for earlier in self.revisions:
             earlier.status = "superseded"
         self.revisions.append(
-            Revision(int(s["revision"]), "issued", s, self.lineage_digest, version, position)
+            Revision(
+                int(s["revision"]),
+                "issued",
+                s,
+                self.digest_under(revision_scheme(s)),
+                version,
+                position,
+            )
         )
 
     def quantity(self, meter: str) -> Decimal:
