@@ -7,18 +7,21 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import (
     PostgresAggregateRecorder,
     PostgresApplicationRecorder,
     PostgresFactory,
 )
+from eventsourcing.utils import Environment
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
 from adapters.persistence import key_row
 from billing_domain.ports import KeyRow, ordered_keys
+from billing_domain.settings import SettingsError
 
 
 class _SerialisedCreateTable:
@@ -42,7 +45,51 @@ class PostgresSnapshotRecorder(_SerialisedCreateTable, PostgresAggregateRecorder
 
 
 class PostgresBillingFactory(PostgresFactory):
+    """The library's factory, with every pooled connection bounded in time: connecting
+    (libpq `connect_timeout`), each statement (`statement_timeout`), and idling inside a
+    transaction (the library's `idle_in_transaction_session_timeout`)."""
+
     aggregate_recorder_class = PostgresSnapshotRecorder
+
+    def __init__(self, env: Environment | Any) -> None:
+        super().__init__(env)
+        kwargs = self.datastore.pool.kwargs
+        assert isinstance(kwargs, dict)
+        kwargs["connect_timeout"] = int(env.get("BILLING_CONNECT_TIMEOUT") or 5)
+        kwargs["options"] = (
+            f"-c statement_timeout={int(env.get('BILLING_STATEMENT_TIMEOUT_MS') or 30000)}"
+        )
+
+
+def check_reachable(env: dict[str, str]) -> None:
+    """Connect once, quickly, so a wrong URL or a stopped server is one clear sentence
+    naming the setting, not a long wait then a traceback."""
+    host, port, dbname = env["POSTGRES_HOST"], env["POSTGRES_PORT"], env["POSTGRES_DBNAME"]
+    schema = env.get("POSTGRES_SCHEMA") or ""
+    where = f"PostgreSQL at {host}:{port}, database {dbname!r}"
+    try:
+        with psycopg.connect(
+            host=host,
+            port=port,
+            dbname=dbname,
+            user=env["POSTGRES_USER"],
+            password=env.get("POSTGRES_PASSWORD") or None,
+            connect_timeout=int(env.get("BILLING_CONNECT_TIMEOUT") or 5),
+        ) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema or "public"]
+            ).fetchone()
+    except psycopg.Error as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise SettingsError(
+            f"BILLING_DATABASE_URL: cannot reach {where} ({reason}); start PostgreSQL or set "
+            "BILLING_DATABASE_URL=postgresql://user:password@host:port/dbname"
+        ) from None
+    if found is None:
+        raise SettingsError(
+            f"BILLING_DATABASE_URL: schema {schema!r} does not exist in {where}; "
+            f'create it (CREATE SCHEMA "{schema}") or change ?schema= in BILLING_DATABASE_URL'
+        )
 
 
 class PostgresBillingRecorder(_SerialisedCreateTable, PostgresApplicationRecorder):
@@ -111,7 +158,8 @@ class PostgresBillingRecorder(_SerialisedCreateTable, PostgresApplicationRecorde
                     ]
                 )
             ]
-        return super().insert_events(stored_events, **kwargs)
+        notification_ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+        return notification_ids
 
     def _fetch_ids_after_insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any

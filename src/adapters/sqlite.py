@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from eventsourcing.utils import Environment
 
 from adapters.persistence import key_row
 from billing_domain.ports import KeyRow, ordered_keys
+from billing_domain.settings import SettingsError
 
 
 def set_wal_mode(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
@@ -29,6 +31,30 @@ def set_wal_mode(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
             if "locked" not in str(error) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
+
+
+def check_openable(path: str) -> None:
+    """The store's file can be created or opened: its directory exists and lets us in."""
+    if path.startswith("file:"):
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise SettingsError(
+            f"BILLING_DATABASE_URL: the directory {directory} for the SQLite file {path} does "
+            f"not exist; create it (mkdir -p {directory}) or point BILLING_DATABASE_URL elsewhere"
+        )
+    if os.path.isdir(path):
+        raise SettingsError(
+            f"BILLING_DATABASE_URL: {path} is a directory; name a file, "
+            f"e.g. sqlite:///{os.path.join(path, 'billing.db')}"
+        )
+    try:
+        sqlite3.connect(path, timeout=1).close()
+    except sqlite3.Error as error:
+        raise SettingsError(
+            f"BILLING_DATABASE_URL: cannot open the SQLite file {path} ({error}); check its "
+            "permissions or point BILLING_DATABASE_URL elsewhere"
+        ) from None
 
 
 def prepare_sqlite_file(path: str) -> None:

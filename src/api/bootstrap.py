@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from adapters.persistence import check_store
 from billing_domain.application import BillingApplication
 from billing_domain.settings import Settings
 from projections.service import ProjectionService
@@ -36,6 +37,7 @@ def build(
     settings: Settings | None = None, *, clock: Callable[[], datetime] | None = None
 ) -> Services:
     settings = settings or Settings.from_env()
+    check_store(settings)
     app = BillingApplication(settings, clock=clock)
     external = os.environ.get("BILLING_PROJECTION_WORKER", "in-process") == "external"
     read_models = ProjectionService(

@@ -3,13 +3,40 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
+
+from adapters.persistence import store_unavailable
+from api.commands_service import StartupError
+from billing_domain.settings import SettingsError
 
 COMMAND_MODULES = ("api.commands_service", "api.commands_projections", "api.commands_proof")
 
 
-@click.group(help="Event-sourced metered billing: serve, keys, projections, reconcile, verify.")
+class BillingGroup(click.Group):
+    """Configuration mistakes and an unreachable store end every command the same way:
+    one line naming the setting and the fix, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SettingsError as error:
+            raise StartupError(str(error)) from None
+        except Exception as error:
+            if not store_unavailable(error):
+                raise
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise StartupError(
+                f"the store stopped answering ({reason}); check the database named by "
+                "BILLING_DATABASE_URL is running, then run the command again"
+            ) from None
+
+
+@click.group(
+    cls=BillingGroup,
+    help="Event-sourced metered billing: serve, keys, projections, reconcile, verify.",
+)
 def main() -> None:
     pass
 

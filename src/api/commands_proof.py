@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from api.bootstrap import Services, build
-from api.commands_service import when
+from api.commands_service import StartupError, when
 from billing_domain.application import check_period
 from billing_domain.errors import BillingError
 from billing_domain.usage import iso
@@ -323,6 +323,16 @@ def _lineage(models: Any, invoice: dict[str, Any], line: int) -> list[dict[str, 
 def export(period: str, customer_id: str | None, fmt: str, target: Path) -> None:
     """Export a period's invoices, their lines and lineage for finance (amounts as decimal
     strings, stable column names)."""
+    if fmt == "csv" and target.exists() and not target.is_dir():
+        raise StartupError(
+            f"--out {target}: is a file, and a CSV export writes three files into a directory; "
+            "give a directory (new or existing), or use --format json to write one file"
+        )
+    if fmt == "json" and target.is_dir():
+        raise StartupError(
+            f"--out {target}: is a directory, and a JSON export writes one file; give a file "
+            f"path, e.g. {target / (period + '.json')}"
+        )
     with _services() as services:
         rows = export_rows(services, period, customer_id)
     if fmt == "json":

@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
+import sys
+import threading
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
+from types import FrameType
 from typing import Any
+from uuid import UUID
 
 import click
+import uvicorn
+from eventsourcing.utils import get_topic
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from api.bootstrap import Services, build
 from billing_domain.errors import BillingError
+from billing_domain.identity import Key
 from billing_domain.usage import UsageInput, next_period, period_of
 
 console = Console()
+
+
+class StartupError(click.ClickException):
+    """A mistake in the configuration or the environment: one line on stderr, exit 2."""
+
+    exit_code = 2
 
 
 def _fail(error: BillingError) -> None:
@@ -42,23 +58,95 @@ def when(text: str | None) -> datetime | None:
     return moment
 
 
+# uvicorn stops waiting for open requests after GRACE_SECONDS; whatever still holds the
+# process (a statement stuck behind a lock, a thread) is cut at STOP_DEADLINE_SECONDS.
+GRACE_SECONDS = 5
+STOP_DEADLINE_SECONDS = 8
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """Bind the port before saying anything, so a port in use is one clear line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise StartupError(
+            f"cannot listen on {host}:{port} ({error.strerror or error}); stop whatever "
+            "holds the port or choose another with --port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _has_admin_key(services: Services) -> bool:
+    app = services.app
+    topic = get_topic(Key.Issued)
+    start: int | None = None
+    while True:
+        page = app.recorder.select_notifications(start, 1000, topics=[topic])
+        for notification in page:
+            issued = app.mapper.to_domain_event(notification)
+            if getattr(issued, "role", None) == "admin":
+                key: Key = app.repository.get(UUID(str(notification.originator_id)))
+                if not key.revoked:
+                    return True
+        if len(page) < 1000:
+            return False
+        start = page[-1].id + 1
+
+
+class _Server(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            threading.Thread(target=_stop_deadline, name="stop-deadline", daemon=True).start()
+        super().handle_exit(sig, frame)
+
+
+def _stop_deadline() -> None:
+    time.sleep(STOP_DEADLINE_SECONDS)
+    sys.stderr.write(
+        f"billing: still busy {STOP_DEADLINE_SECONDS} s after the stop signal; exiting now "
+        "(requests not yet answered were not acknowledged)\n"
+    )
+    sys.stderr.flush()
+    os._exit(1)
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 def serve(host: str, port: int) -> None:
     """Run the HTTP API (BILLING_DATABASE_URL, BILLING_ADMIN_KEY)."""
-    import uvicorn
-
     from api.http.app import create_app
 
-    services = _services()
-    console.print(
-        f"billing on http://{host}:{port}  (OpenAPI: /schema, store: "
-        f"{'PostgreSQL' if services.settings.is_postgres else 'SQLite'})"
-    )
+    sock = _listening_socket(host, port)
     try:
-        uvicorn.run(create_app(services), host=host, port=port, log_level="warning")
+        services = _services()
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        if not services.settings.admin_key and not _has_admin_key(services):
+            click.echo(
+                "billing: no admin key yet; create one with "
+                "`billing keys create --role admin --name NAME` (or set BILLING_ADMIN_KEY)",
+                err=True,
+            )
+        console.print(
+            f"billing on http://{host}:{port}  (OpenAPI: /schema, store: "
+            f"{'PostgreSQL' if services.settings.is_postgres else 'SQLite'})"
+        )
+        config = uvicorn.Config(
+            create_app(services),
+            log_level="warning",
+            timeout_graceful_shutdown=GRACE_SECONDS,
+        )
+        _Server(config).run(sockets=[sock])
     finally:
+        sock.close()
         services.close()
 
 

@@ -18,11 +18,21 @@ class SettingsError(ValueError):
     """A configuration value that cannot be used; the message names the variable."""
 
 
-def parse_duration(name: str, text: str) -> timedelta:
+def parse_duration(name: str, text: str, *, positive: bool = False) -> timedelta:
     match = _DURATION.match(text)
     if not match:
-        raise SettingsError(f"{name}={text!r}: expected a whole number with s, m, h or d")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+        raise SettingsError(
+            f"{name}={text!r}: expected a whole number with s, m, h or d; set it to e.g. 30s "
+            f"or 5m, or unset {name} for the default"
+        )
+    duration = timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    if positive and not duration:
+        raise SettingsError(f"{name}={text!r}: must be more than zero; set it to e.g. 30s")
+    return duration
+
+
+def _seconds(duration: timedelta) -> str:
+    return str(int(duration.total_seconds()))
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,9 @@ class Settings:
     backdating_horizon: timedelta = timedelta(days=400)
     max_batch: int = 5000
     aggregate_cache_size: int = 2000
+    statement_timeout: timedelta = timedelta(seconds=30)
+    idle_in_transaction_timeout: timedelta = timedelta(seconds=5)
+    connect_timeout: timedelta = timedelta(seconds=5)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -45,6 +58,19 @@ class Settings:
             ),
             backdating_horizon=parse_duration(
                 "BILLING_BACKDATING_HORIZON", env.get("BILLING_BACKDATING_HORIZON", "400d")
+            ),
+            statement_timeout=parse_duration(
+                "BILLING_STATEMENT_TIMEOUT",
+                env.get("BILLING_STATEMENT_TIMEOUT", "30s"),
+                positive=True,
+            ),
+            idle_in_transaction_timeout=parse_duration(
+                "BILLING_IDLE_IN_TRANSACTION_TIMEOUT",
+                env.get("BILLING_IDLE_IN_TRANSACTION_TIMEOUT", "5s"),
+                positive=True,
+            ),
+            connect_timeout=parse_duration(
+                "BILLING_CONNECT_TIMEOUT", env.get("BILLING_CONNECT_TIMEOUT", "5s"), positive=True
             ),
         )
         settings.eventsourcing_env()
@@ -87,10 +113,20 @@ class Settings:
                 POSTGRES_POOL_SIZE=query.get("pool_size", ["8"])[0],
                 POSTGRES_MAX_OVERFLOW=query.get("max_overflow", ["8"])[0],
                 POSTGRES_LOCK_TIMEOUT="10",
+                # The library's name for how long a request waits for a pooled connection.
+                POSTGRES_CONNECT_TIMEOUT=_seconds(2 * self.connect_timeout),
+                POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT=_seconds(
+                    self.idle_in_transaction_timeout
+                ),
+                POSTGRES_PRE_PING="y",
+                BILLING_STATEMENT_TIMEOUT_MS=str(
+                    int(self.statement_timeout.total_seconds() * 1000)
+                ),
+                BILLING_CONNECT_TIMEOUT=_seconds(self.connect_timeout),
                 APPLICATION_RECORDER_TOPIC="adapters.postgres:PostgresBillingRecorder",
             )
             return env
         raise SettingsError(
-            f"BILLING_DATABASE_URL={self.database_url!r}: expected sqlite:///PATH or "
-            "postgresql://user:password@host:port/dbname"
+            f"BILLING_DATABASE_URL: unknown scheme {url.scheme + ':' if url.scheme else '(none)'}; "
+            "set it to sqlite:///PATH or postgresql://user:password@host:port/dbname"
         )

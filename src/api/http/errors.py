@@ -11,9 +11,13 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from adapters.persistence import store_unavailable
 from billing_domain import errors as domain
 
 log = logging.getLogger("billing.http")
+
+# Seconds a client should wait before retrying a request the store could not take.
+RETRY_AFTER_SECONDS = 1
 
 STATUS_OF: tuple[tuple[type[domain.BillingError], int], ...] = (
     (domain.NotAuthenticated, 401),
@@ -50,6 +54,8 @@ def respond(
 def on_billing_error(_: Request[Any, Any, Any], error: domain.BillingError) -> Response[Any]:
     status = status_of(error)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return respond(
         status, [{"field": error.field, "reason": error.reason, "code": error.code}], headers
     )
@@ -97,9 +103,30 @@ def on_http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[A
 
 
 def on_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
+    if store_unavailable(error):
+        # Nothing was acknowledged: the same request is safe to send again.
+        log.warning(
+            "store unavailable on %s %s: %s", request.method, request.url.path, _first_line(error)
+        )
+        return respond(
+            503,
+            [
+                {
+                    "field": None,
+                    "reason": "the store is unavailable; retry shortly",
+                    "code": "store_unavailable",
+                }
+            ],
+            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     # The path, never the headers: they carry keys.
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return respond(500, [{"field": None, "reason": "internal error", "code": "internal"}])
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 HANDLERS: dict[Any, Any] = {
