@@ -6,8 +6,11 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from adapters.stored_json import decode_state
 from billing_domain.application import BillingApplication
+from billing_domain.ids import period_uuid
 from billing_domain.usage import decimal_text, iso
+from billing_domain.verification import PERIOD_TOPIC, PeriodLedger, lineage_proof
 from projections.batch import BILLED, LATE
 from projections.reads import InvoiceReads, decode_cursor, encode_cursor
 from projections.runner import topic_name
@@ -216,3 +219,23 @@ class LineageReads:
                 if not wanted:
                     break
         return items
+
+
+def inclusion_proof(
+    app: BillingApplication,
+    customer_id: str,
+    period: str,
+    invoice: str,
+    event_id: str,
+    revision: int | None = None,
+) -> dict[str, Any]:
+    """The audit path of one item of a period's lineage tree, from the period's stored events
+    (read from the log, not the views)."""
+    originator_id = period_uuid(customer_id, period)
+    ledger = PeriodLedger(originator_id, customer_id, period, keep_records=False, leaves=[])
+    for stored in app.recorder.select_events(originator_id):
+        if stored.topic.startswith(PERIOD_TOPIC):
+            name = stored.topic[len(PERIOD_TOPIC) :]
+            version = stored.originator_version
+            ledger.apply(name, decode_state(stored.state), version, version)
+    return lineage_proof(ledger, invoice, event_id, revision)

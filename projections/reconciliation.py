@@ -821,18 +821,25 @@ def verify(app: BillingApplication, progress: Progress | None = None) -> dict[st
     """Recompute every issued revision's lineage digest from the log."""
     started = time.perf_counter()
     scan = scan_log(app, lambda _c, _p: True, keep_records=False, progress=progress)
-    failures, revisions = [], 0
+    failures, checked = [], []
+    schemes: dict[str, int] = {}
     for ledger in sorted(scan.ledgers.values(), key=lambda x: (x.customer_id, x.period)):
         for rev in ledger.revisions:
-            revisions += 1
-            if rev.recorded_digest != rev.recomputed_digest:
+            entry = {
+                "invoice_id": invoice_id(ledger.customer_id, ledger.period),
+                "customer_id": ledger.customer_id,
+                "period": ledger.period,
+                "revision": rev.revision,
+                "status": rev.status,
+                "scheme": rev.scheme,
+                "ok": rev.recorded_digest == rev.recomputed_digest,
+            }
+            checked.append(entry)
+            schemes[rev.scheme] = schemes.get(rev.scheme, 0) + 1
+            if not entry["ok"]:
                 failures.append(
                     {
-                        "invoice_id": invoice_id(ledger.customer_id, ledger.period),
-                        "customer_id": ledger.customer_id,
-                        "period": ledger.period,
-                        "revision": rev.revision,
-                        "status": rev.status,
+                        **entry,
                         "recorded": rev.recorded_digest,
                         "recomputed": rev.recomputed_digest,
                     }
@@ -843,9 +850,11 @@ def verify(app: BillingApplication, progress: Progress | None = None) -> dict[st
         "position": scan.stop,
         "checked": {
             "stored_events": scan.stored_events,
-            "revisions": revisions,
+            "revisions": len(checked),
             "periods": len(scan.ledgers),
+            "schemes": dict(sorted(schemes.items())),
         },
+        "revisions": checked,
         "failures": failures,
         "undecodable": undecodable,
         "seconds": round(time.perf_counter() - started, 3),

@@ -185,12 +185,20 @@ def verify(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        for failure in result["failures"]:
-            out.print(
-                f"FAIL {failure['invoice_id']} revision {failure['revision']} "
-                f"({failure['customer_id']} {failure['period']}, {failure['status']}): "
-                f"recorded {failure['recorded']}, events give {failure['recomputed']}"
+        failed = {(f["invoice_id"], f["revision"]): f for f in result["failures"]}
+        for rev in result["revisions"]:
+            where = (
+                f"{rev['invoice_id']} revision {rev['revision']} "
+                f"({rev['customer_id']} {rev['period']}, {rev['status']}) {rev['scheme']}"
             )
+            failure = failed.get((rev["invoice_id"], rev["revision"]))
+            if failure is None:
+                out.print(f"ok   {where}")
+            else:
+                out.print(
+                    f"FAIL {where}: recorded {failure['recorded']}, "
+                    f"events give {failure['recomputed']}"
+                )
         for event in result["undecodable"]:
             out.print(
                 f"UNREADABLE position {event['position']}: {event['actual']}: {event['detail']}"
@@ -204,8 +212,10 @@ def verify(as_json: bool) -> None:
                 f"{len(result['undecodable'])} stored event(s) unreadable"
             )
         )
+        schemes = ", ".join(f"{n} {scheme}" for scheme, n in checked["schemes"].items())
         out.print(
-            f"{checked['revisions']} issued revisions of {checked['periods']} periods, "
+            f"{checked['revisions']} issued revisions ({schemes or 'none'}) "
+            f"of {checked['periods']} periods, "
             f"{checked['stored_events']:,} stored events, in {result['seconds']} s: "
             f"{verdict}"
         )

@@ -16,7 +16,16 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from billing_domain.merkle import MERKLE_SCHEME, SUM_SCHEME, append, root
+from billing_domain.errors import Conflict, UnknownInvoice, UnknownUsageEvent
+from billing_domain.merkle import (
+    MERKLE_SCHEME,
+    SUM_SCHEME,
+    append,
+    audit_path,
+    leaf_hash,
+    root,
+    tree_root,
+)
 from billing_domain.pricing import parse_charges, round_money
 from billing_domain.usage import (
     DIGEST_MODULUS,
@@ -403,3 +412,46 @@ def repriced_lines(revision: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return drifted
+
+
+def lineage_proof(
+    ledger: PeriodLedger, invoice: str, event_id: str, revision: int | None = None
+) -> dict[str, Any]:
+    """The audit path of `event_id`'s item in a revision's lineage tree (the latest revision,
+    or the draft of an open period), from a ledger fed with `leaves` kept."""
+    assert ledger.leaves is not None, "the ledger was not asked to keep its leaves"
+    if revision is None and ledger.revisions:
+        revision = ledger.revisions[-1].revision
+    recorded = None
+    if revision is None or (revision == 1 and not ledger.revisions):
+        number, scheme, count = 1, MERKLE_SCHEME, ledger.items
+    else:
+        rev = next((r for r in ledger.revisions if r.revision == revision), None)
+        if rev is None:
+            raise UnknownInvoice(f"invoice {invoice!r} has no revision {revision}")
+        number, scheme, count = rev.revision, rev.scheme, int(rev.data["items"])
+        recorded = rev.recorded_digest
+    if scheme != MERKLE_SCHEME:
+        raise Conflict(
+            f"revision {number} of {invoice!r} was digested under {scheme}, which has no "
+            "inclusion proofs"
+        )
+    leaves = ledger.leaves[:count]
+    index = next((i for i, leaf in enumerate(leaves) if leaf.ident == event_id), None)
+    if index is None:
+        raise UnknownUsageEvent(
+            f"no item {event_id!r} in revision {number} of {invoice!r}", field="event_id"
+        )
+    items = [leaf.item for leaf in leaves]
+    return {
+        "invoice_id": invoice,
+        "revision": number,
+        "scheme": scheme,
+        "kind": leaves[index].kind,
+        "leaf_hash": leaf_hash(items[index]).hex(),
+        "leaf_index": index,
+        "leaf_count": count,
+        "path": audit_path(items, index),
+        "root": tree_root(items),
+        "lineage_digest": recorded,  # as issued; equal to root unless the log was altered
+    }

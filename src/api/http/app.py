@@ -503,6 +503,36 @@ def invoice_lineage(
     return found  # type: ignore[no-any-return]
 
 
+@get(
+    "/v1/invoices/{invoice_id:str}/lineage/proof",
+    tags=["invoices"],
+    sync_to_thread=True,
+    **_family("read"),
+    summary="Inclusion proof of one source record in a revision's lineage digest",
+)
+def invoice_lineage_proof(
+    request: Request[Any, Any, Any],
+    invoice_id: str,
+    event_id: str,
+    caller: Principal,
+    revision: int | None = None,
+) -> dict[str, Any]:
+    """The record's leaf and audit path to the Merkle root (409 for sum-scheme revisions)."""
+    from projections.lineage import inclusion_proof
+
+    invoice = _services(request).read_models.invoice(invoice_id)
+    if invoice is None:
+        raise NotFound(f"no invoice {invoice_id!r}", field="invoice_id")
+    return inclusion_proof(
+        _services(request).app,
+        invoice["customer_id"],
+        invoice["period"],
+        invoice_id,
+        event_id,
+        revision,
+    )
+
+
 # Operations -------------------------------------------------------------------------------------
 
 
@@ -681,6 +711,7 @@ ROUTES = [
     get_invoice,
     invoice_revisions,
     invoice_lineage,
+    invoice_lineage_proof,
     reconciliation,
     projections_status,
     rebuild,
