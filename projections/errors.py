@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from billing_domain.errors import InvalidInput, NotFound
+from billing_domain.errors import Conflict, InvalidInput, NotFound
 
 
 class InvalidCursor(InvalidInput):
@@ -13,3 +13,15 @@ class InvalidCursor(InvalidInput):
 class UnknownProjection(NotFound):
     code = "unknown_projection"
     field = "name"
+
+
+class NotQuarantined(NotFound):
+    code = "not_quarantined"
+    field = "notification_id"
+
+
+class StillQuarantined(Conflict):
+    """A retried notification failed again; it stays quarantined with the new error."""
+
+    code = "still_quarantined"
+    field = "notification_id"

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from projections import quarantine
 from projections.errors import UnknownProjection
 from projections.runner import REGISTRY, TRACKING, Runner, Version
 
@@ -34,6 +35,7 @@ class Rebuilds:
             for stale in versions:
                 if stale.state in ("building", "ready", "retired"):
                     self.runner.projection(stale).drop(cur)
+                    quarantine.forget(cur, name, stale.version)
                     cur.execute(
                         f"DELETE FROM {TRACKING} WHERE name = ? AND version = ?",
                         [name, stale.version],

@@ -24,6 +24,9 @@ Each finding names the comparison (`check`) and, where it can, the `cause`:
   never changed: the issued invoice stands);
 - `projection_behind`: the read models could not reach the log's position, so they were not
   compared;
+- `quarantined`: a projection set a stored event aside because its handlers failed on it
+  (one that does not decode is `schema_drift`); its rows are missing from the read models
+  until a retry applies it;
 - `unexplained`: views disagree and no cause above applies.
 """
 
@@ -62,6 +65,7 @@ CLOCK_DRIFT = "clock_drift"
 SCHEMA_DRIFT = "schema_drift"
 LOGIC_DRIFT = "logic_drift"
 PROJECTION_BEHIND = "projection_behind"
+QUARANTINED = "quarantined"
 UNEXPLAINED = "unexplained"
 
 
@@ -262,6 +266,7 @@ class Reconciliation:
             replays[ledger.originator_id] = self._replay(ledger, scan)
             self._issued(ledger)
         compared = self._projections(scan, replays)
+        self._quarantined(scan)
         ordered = sorted(scan.ledgers.values(), key=lambda x: x.customer_id)
         return {
             "ok": not self.findings,
@@ -626,6 +631,28 @@ class Reconciliation:
                 self.changed_during_check += 1
                 del self.findings[before:]
         return compared
+
+    def _quarantined(self, scan: Scan) -> None:
+        """Every notification a projection set aside is a finding, whatever the period: the
+        read models are short of its rows until a retry applies it."""
+        listed = getattr(self.read_models, "quarantined", None)
+        for q in listed() if listed is not None else ():
+            owner = scan.owners.get(UUID(q["originator_id"]))
+            undecodable = q["stage"] == "decode"
+            self.findings.append(
+                Finding(
+                    "projection",
+                    SCHEMA_DRIFT if undecodable else QUARANTINED,
+                    f"{q['key']} set notification {q['notification_id']} aside: it could not "
+                    f"{'decode' if undecodable else 'apply'} it ({q['error_type']}: "
+                    f"{q['error']}); retry with POST /v1/projections/{q['name']}/quarantine/"
+                    f"{q['notification_id']}/retry",
+                    customer_id=owner[0] if owner else None,
+                    period=owner[1] if owner else None,
+                    position=q["notification_id"],
+                    actual=f"{q['topic']} v{q['originator_version']} of {q['originator_id']}",
+                )
+            )
 
     def _wait_for_read_models(
         self, position: int, timeout: float = 60.0

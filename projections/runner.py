@@ -4,26 +4,35 @@ The position is advanced with a compare-and-set (`WHERE position = <what we read
 same transaction as the rows, so a crash anywhere rolls both back, and two runners on the
 same projection (a worker and a server, say) cannot both apply a batch: the loser rolls
 back and re-reads.
+
+An event that does not decode, or whose handlers raise, is quarantined (`quarantine.py`):
+a failed batch is applied again one event at a time inside savepoints, so only the failing
+event's rows are undone, it is recorded as set aside, and the rest of the batch commits
+with the position as usual.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from eventsourcing.persistence import Notification
 
 from billing_domain.application import BillingApplication
+from projections import quarantine
 from projections.audit import AuditProjection
 from projections.base import Projection
+from projections.errors import NotQuarantined, StillQuarantined
 from projections.ledger import InvoicesProjection
 from projections.store import Cursor, ViewStore
 
 REGISTRY: dict[str, dict[int, type[Projection]]] = {}
 TRACKING = "projection_versions"
 BATCH_BYTES = 1_000_000
+log = logging.getLogger(__name__)
 
 
 def register(cls: type[Projection]) -> type[Projection]:
@@ -53,6 +62,15 @@ class Version:
         return f"{self.name}_v{self.version}"
 
 
+@dataclass
+class Decoded:
+    """One batch as a projection reads it: the events of its topics, and what did not decode."""
+
+    events: list[tuple[int, str, Any]] = field(default_factory=list)
+    notifications: dict[int, Notification] = field(default_factory=dict)
+    undecodable: list[tuple[Notification, Exception]] = field(default_factory=list)
+
+
 def topic_name(topic: str) -> str:
     return topic.rpartition(":")[2]
 
@@ -77,6 +95,7 @@ class Runner:
                 "version INTEGER NOT NULL, logic INTEGER NOT NULL, state TEXT NOT NULL, "
                 "position BIGINT NOT NULL, PRIMARY KEY (name, version))"
             )
+            quarantine.create(cur)
             for name, classes in REGISTRY.items():
                 if cur.one(f"SELECT 1 AS x FROM {TRACKING} WHERE name = ?", [name]) is None:
                     logic = min(classes)
@@ -155,26 +174,29 @@ class Runner:
         should_stop: Callable[[], bool] | None,
     ) -> int:
         for batch in self.notifications(position, stop):
-            events = self.decode(projection, batch)
-            self.commit(version, projection, position, batch[-1].id, events)
+            decoded = self.decode(projection, batch)
+            self.commit(version, projection, position, batch[-1].id, decoded)
             position = batch[-1].id
             if progress is not None:
-                progress(position, sum(_weight(e) for _, _, e in events))
+                progress(position, sum(_weight(e) for _, _, e in decoded.events))
             if should_stop is not None and should_stop():
                 break
         return position
 
-    def decode(
-        self, projection: Projection, batch: list[Notification]
-    ) -> list[tuple[int, str, Any]]:
-        events = []
+    def decode(self, projection: Projection, batch: list[Notification]) -> Decoded:
+        decoded = Decoded()
         for notification in batch:
             topic = topic_name(notification.topic)
-            if topic in projection.topics:
-                events.append(
-                    (notification.id, topic, self.app.mapper.to_domain_event(notification))
-                )
-        return events
+            if topic not in projection.topics:
+                continue
+            try:
+                event = self.app.mapper.to_domain_event(notification)
+            except Exception as error:  # a stored event this code cannot read: set aside
+                decoded.undecodable.append((notification, error))
+                continue
+            decoded.events.append((notification.id, topic, event))
+            decoded.notifications[notification.id] = notification
+        return decoded
 
     def commit(
         self,
@@ -182,7 +204,7 @@ class Runner:
         projection: Projection,
         before: int,
         after: int,
-        events: list[tuple[int, str, Any]],
+        decoded: Decoded,
     ) -> None:
         with self.store.write() as cur:
             moved = cur.execute(
@@ -192,8 +214,104 @@ class Runner:
             ).rowcount
             if moved != 1:
                 raise PositionMoved(version.key)
-            if events:
-                projection.apply(cur, events)
+            for notification, error in decoded.undecodable:
+                self._quarantine(cur, version, notification, quarantine.DECODE, error)
+            if decoded.events:
+                self._apply(cur, version, projection, decoded)
+
+    def _apply(
+        self, cur: Cursor, version: Version, projection: Projection, decoded: Decoded
+    ) -> None:
+        """Apply a batch; if it fails, apply its events one by one and set aside those that
+        fail alone, so one bad event costs nobody else their rows."""
+        try:
+            with quarantine.savepoint(cur, "pj_batch"):
+                projection.apply(cur, decoded.events)
+            return
+        except Exception as error:
+            if quarantine.store_failure(error):
+                raise
+            if len(decoded.events) == 1:
+                position = decoded.events[0][0]
+                notification = decoded.notifications[position]
+                self._quarantine(cur, version, notification, quarantine.APPLY, error)
+                return
+        for event in decoded.events:
+            try:
+                with quarantine.savepoint(cur):
+                    projection.apply(cur, [event])
+            except Exception as error:
+                if quarantine.store_failure(error):
+                    raise
+                notification = decoded.notifications[event[0]]
+                self._quarantine(cur, version, notification, quarantine.APPLY, error)
+
+    @staticmethod
+    def _quarantine(
+        cur: Cursor, version: Version, notification: Notification, stage: str, error: Exception
+    ) -> None:
+        log.warning(
+            "%s: quarantined notification %s (%s) at %s: %s: %s",
+            version.key,
+            notification.id,
+            notification.topic,
+            stage,
+            type(error).__name__,
+            error,
+        )
+        quarantine.record(cur, version.name, version.version, notification, stage, error)
+
+    def retry(self, version: Version, notification_id: int) -> dict[str, Any]:
+        """Apply a quarantined notification again (after a fix). On success it leaves the
+        quarantine; on failure it stays with the new error and StillQuarantined is raised."""
+        projection = self.projection(version)
+        page = self.app.recorder.select_notifications(
+            start=notification_id, limit=1, stop=notification_id
+        )
+        failure: Exception | None = None
+        with self._lock(version.key), self.store.write() as cur:
+            # Take the version's row lock: a runner of another process waits for us.
+            cur.execute(
+                f"UPDATE {TRACKING} SET position = position WHERE name = ? AND version = ?",
+                [version.name, version.version],
+            )
+            if (
+                not page
+                or quarantine.find(cur, version.name, version.version, notification_id) is None
+            ):
+                raise NotQuarantined(
+                    f"notification {notification_id} is not quarantined in {version.key}"
+                )
+            notification = page[0]
+            stage = quarantine.DECODE
+            try:
+                decoded = self.decode(projection, [notification])
+                if decoded.undecodable:
+                    raise decoded.undecodable[0][1]
+                stage = quarantine.APPLY
+                if decoded.events:
+                    with quarantine.savepoint(cur):
+                        projection.apply(cur, decoded.events)
+            except Exception as error:
+                if quarantine.store_failure(error):
+                    raise
+                failure = error
+                quarantine.record(cur, version.name, version.version, notification, stage, error)
+            else:
+                quarantine.forget(cur, version.name, version.version, notification_id)
+        if failure is not None:
+            kind, message = quarantine.describe(failure)
+            raise StillQuarantined(
+                f"notification {notification_id} still fails in {version.key}: {kind}: {message}"
+            )
+        return {
+            "name": version.name,
+            "version": version.version,
+            "key": version.key,
+            "notification_id": notification_id,
+            "topic": notification.topic,
+            "outcome": "applied",
+        }
 
     def _position(self, version: Version) -> int:
         with self.store.read() as cur:

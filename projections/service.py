@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
+
+import psycopg
+from eventsourcing.persistence import PersistenceError
 
 from billing_domain.application import BillingApplication
+from projections import quarantine
 from projections.audit import AuditProjection
 from projections.base import stamp
+from projections.errors import NotQuarantined, UnknownProjection
 from projections.ledger import InvoicesProjection
 from projections.lineage import LineageReads
 from projections.reads import InvoiceReads, decode_cursor, encode_cursor
@@ -20,7 +29,18 @@ from projections.runner import Runner, Version
 from projections.store import ViewStore
 
 POLL_SECONDS = 0.05
+HEALTH_TIMEOUT_SECONDS = 2.0
+MAX_HEALTH_PROBES = 8  # hung probes of an unreachable store, beyond which /health answers at once
+DEFAULT_MAX_LAG = 10_000
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer in time."""
+
+
+STORE_ERRORS = (StoreUnavailable, PersistenceError, sqlite3.Error, psycopg.Error, OSError)
 
 
 class ProjectionService:
@@ -33,6 +53,7 @@ class ProjectionService:
         *,
         external_worker: bool = False,
         batch_size: int = 1000,
+        max_lag: int | None = None,
     ) -> None:
         self.app = app
         self.store = store
@@ -45,6 +66,13 @@ class ProjectionService:
         self.rebuilds = Rebuilds(self.runner)
         self._rebuilding: dict[str, dict[str, Any]] = {}
         self._rebuild_lock = threading.Lock()
+        self.max_lag = (
+            max_lag
+            if max_lag is not None
+            else int(os.environ.get("BILLING_HEALTH_MAX_LAG", DEFAULT_MAX_LAG))
+        )
+        self._probes = 0
+        self._probes_lock = threading.Lock()
 
     # Positions --------------------------------------------------------------------------
 
@@ -179,6 +207,9 @@ class ProjectionService:
 
     def status(self) -> list[dict[str, Any]]:
         head = self.max_position()
+        with self.store.read() as cur:
+            versions = self.runner.versions(cur)
+            held = quarantine.counts(cur)
         return [
             {
                 "name": v.name,
@@ -188,9 +219,114 @@ class ProjectionService:
                 "position": v.position,
                 "lag": max(head - v.position, 0),
                 "state": v.state,
+                "quarantined": held.get((v.name, v.version), 0),
             }
-            for v in self.runner.versions()
+            for v in versions
         ]
+
+    # Quarantine -----------------------------------------------------------------------------
+
+    def _named(self, name: str | None) -> list[Version]:
+        """`invoices`: its live, building and ready versions; `invoices_v3`: that one; None:
+        those of every projection. Live versions first."""
+        versions = [v for v in self.runner.versions() if v.state != "retired"]
+        if name is not None:
+            base = base_name(name)
+            exact = re.search(r"_v(\d+)$", name)
+            if exact is not None:
+                every = [v for v in self.runner.versions() if v.name == base]
+                versions = [v for v in every if v.version == int(exact.group(1))]
+                if not versions:
+                    raise UnknownProjection(f"no version {name!r}")
+            else:
+                versions = [v for v in versions if v.name == base]
+        return sorted(versions, key=lambda v: (v.state != "live", v.name, v.version))
+
+    def quarantined(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The notifications set aside by a projection's versions (all projections' when
+        `name` is None), oldest first."""
+        versions = self._named(name)
+        with self.store.read() as cur:
+            return quarantine.listed(cur, [(v.name, v.version) for v in versions])
+
+    def retry(self, name: str, notification_id: int) -> dict[str, Any]:
+        """Apply a quarantined notification again; see `Runner.retry`."""
+        for version in self._named(name):
+            with self.store.read() as cur:
+                found = quarantine.find(cur, version.name, version.version, notification_id)
+            if found is not None:
+                return self.runner.retry(version, notification_id)
+        raise NotQuarantined(f"notification {notification_id} is not quarantined in {name}")
+
+    # Health ---------------------------------------------------------------------------------
+
+    def health(self, timeout: float = HEALTH_TIMEOUT_SECONDS) -> dict[str, Any]:
+        """`down` when the event store or the views do not answer within `timeout`;
+        `degraded`, with the reasons, when a projection has quarantined notifications, lags
+        more than `max_lag` or its runner stopped on an error; `ok` otherwise."""
+        try:
+            head = self._within(timeout, self.max_position)
+        except STORE_ERRORS as error:
+            return _down("event store", error)
+        try:
+            rows = self._within(timeout, self.status)
+        except STORE_ERRORS as error:
+            return _down("view store", error, position=head)
+        reasons = []
+        for row in rows:
+            if row["state"] == "retired":
+                continue
+            if row["quarantined"]:
+                reasons.append(
+                    f"{row['key']} has {row['quarantined']} quarantined notification(s): "
+                    f"GET /v1/projections/{row['name']}/quarantine"
+                )
+            if row["state"] == "live" and row["lag"] > self.max_lag:
+                reasons.append(
+                    f"{row['key']} lags {row['lag']} notifications (more than {self.max_lag})"
+                )
+        if self.last_error:
+            reasons.append(f"projection runner failed: {self.last_error}")
+        if self._thread is not None and not self._thread.is_alive():
+            reasons.append("projection runner thread has stopped")
+        return {
+            "status": "degraded" if reasons else "ok",
+            "store": {"status": "ok", "position": head},
+            "position": head,
+            "projections": [
+                {k: row[k] for k in ("name", "version", "state", "position", "lag", "quarantined")}
+                for row in rows
+                if row["state"] != "retired"
+            ],
+            "reasons": reasons,
+        }
+
+    def _within(self, seconds: float, call: Callable[[], T]) -> T:
+        """`call()` from a daemon thread, or StoreUnavailable when it takes longer: a store
+        that does not answer must not hold the caller for its connect timeout."""
+        box: dict[str, Any] = {}
+
+        def probe() -> None:
+            try:
+                box["value"] = call()
+            except Exception as error:  # handed to the caller, which decides
+                box["error"] = error
+            finally:
+                with self._probes_lock:
+                    self._probes -= 1
+
+        with self._probes_lock:
+            if self._probes >= MAX_HEALTH_PROBES:
+                raise StoreUnavailable(f"{self._probes} earlier checks are still waiting")
+            self._probes += 1
+        thread = threading.Thread(target=probe, name="health-probe", daemon=True)
+        thread.start()
+        thread.join(seconds)
+        if thread.is_alive():
+            raise StoreUnavailable(f"no answer within {seconds:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]  # type: ignore[no-any-return]
 
     # Keeping current ------------------------------------------------------------------------
 
@@ -297,6 +433,17 @@ class ProjectionService:
     def close(self) -> None:
         self.stop_background()
         self.store.close()
+
+
+def _down(what: str, error: BaseException, position: int | None = None) -> dict[str, Any]:
+    reason = f"{what} does not answer: {type(error).__name__}: {error}"
+    return {
+        "status": "down",
+        "store": {"status": "down" if what == "event store" else "ok", "position": position},
+        "position": position,
+        "projections": [],
+        "reasons": [reason],
+    }
 
 
 def _at(moment: datetime | None) -> str | None:
