@@ -12,6 +12,7 @@ from uuid import UUID
 
 import pytest
 from click.testing import CliRunner
+from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import StoredEvent
 
 from api.bootstrap import build
@@ -20,6 +21,7 @@ from billing_domain import merkle
 from billing_domain.application import BillingApplication
 from billing_domain.ids import invoice_id, period_uuid
 from billing_domain.merkle import MERKLE_SCHEME, SUM_SCHEME
+from billing_domain.period import BillingPeriod
 from billing_domain.usage import digest_text
 from billing_domain.verification import adjustment_hash, compensation_hash, usage_hash
 from projections.reconciliation import verify
@@ -319,3 +321,28 @@ def test_the_proof_endpoint_refuses_a_sum_scheme_revision(settings, clock):
         )
         assert answer.status_code == 409, answer.text
         assert SUM_SCHEME in answer.json()["detail"]
+
+
+def test_a_period_restored_from_a_snapshot_older_than_the_tree_keeps_the_sum_scheme():
+    period = BillingPeriod(customer_id="acme", period="2026-10")
+    period.record_usage(
+        "2026-10-05T10:00:01+00:00",
+        "svc",
+        "k1",
+        "on_time",
+        {"api_calls": ["sum", None]},
+        _records(3),
+    )
+    snapshot = Snapshot.take(period)
+    state = dict(snapshot.state)
+    del state["lineage_peaks"], state["class_version"]  # as version 1 stored it
+    restored = Snapshot(
+        originator_id=snapshot.originator_id,
+        originator_version=snapshot.originator_version,
+        timestamp=snapshot.timestamp,
+        topic=snapshot.topic,
+        state=state,
+    ).mutate(None)
+    assert restored.lineage_scheme == SUM_SCHEME
+    assert restored.lineage_digest == digest_text(period.digest_accumulator, 3)
+    assert period.lineage_scheme == MERKLE_SCHEME
