@@ -261,10 +261,9 @@ class Reconciliation:
             self._clock(ledger)
             self._index(ledger, keys.get(ledger.originator_id, []))
         for ledger in scan.ledgers.values():
-            self._digests(ledger)
-            self._pricing(ledger)
+            self._safely(ledger, "pricing", self._digests, self._pricing)
             replays[ledger.originator_id] = self._replay(ledger, scan)
-            self._issued(ledger)
+            self._safely(ledger, "issued_vs_log", self._issued)
         compared = self._projections(scan, replays)
         self._quarantined(scan)
         ordered = sorted(scan.ledgers.values(), key=lambda x: x.customer_id)
@@ -300,6 +299,22 @@ class Reconciliation:
                 **extra,
             )
         )
+
+    def _safely(
+        self, ledger: PeriodLedger, check: str, *steps: Callable[[PeriodLedger], None]
+    ) -> None:
+        """A period whose events cannot even be priced (a quantity no currency rounds) is a
+        finding, not the end of the report."""
+        try:
+            for step in steps:
+                step(ledger)
+        except (ArithmeticError, ValueError) as error:
+            self._add(
+                ledger,
+                check,
+                self._explained(ledger, UNEXPLAINED),
+                f"the period's events cannot be priced: {type(error).__name__}: {error}",
+            )
 
     def _explained(self, ledger: PeriodLedger, fallback: str) -> str:
         """A disagreement that follows from a named defect of the period's events says so."""
@@ -624,7 +639,11 @@ class Reconciliation:
         compared = 0
         for ledger in sorted(scan.ledgers.values(), key=lambda x: x.customer_id):
             before = len(self.findings)
-            self._compare_projection(ledger, replays.get(ledger.originator_id))
+            self._safely(
+                ledger,
+                "replay_vs_projection",
+                lambda x: self._compare_projection(x, replays.get(x.originator_id)),
+            )
             compared += 1
             if len(self.findings) > before and self._changed_since(ledger):
                 # Written after the check began: the read model is ahead, not wrong.

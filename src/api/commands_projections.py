@@ -1,4 +1,5 @@
-"""`billing projections run|status|rebuild`: the worker, and the operator's view and rebuilds."""
+"""`billing projections run|status|rebuild|quarantine|retry`: the worker, and the operator's
+view, rebuilds and quarantined events."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from api.bootstrap import build
-from projections.errors import UnknownProjection
+from projections.errors import NotQuarantined, StillQuarantined, UnknownProjection
 from projections.rebuild import base_name
 
 
@@ -74,7 +75,7 @@ def status(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table("name", "version", "logic", "state", "position", "lag")
+    table = Table("name", "version", "logic", "state", "position", "lag", "quarantined")
     for row in rows:
         table.add_row(
             row["name"],
@@ -83,8 +84,61 @@ def status(as_json: bool) -> None:
             row["state"],
             f"{row['position']:,}",
             f"{row['lag']:,}",
+            f"{row['quarantined']:,}",
         )
     Console().print(table)
+
+
+@projections.command("quarantine")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def quarantine(name: str | None, as_json: bool) -> None:
+    """List the stored events NAME (or every projection) set aside because applying them failed."""
+    services = build()
+    try:
+        rows = services.read_models.quarantined(name)
+    except UnknownProjection as error:
+        raise click.BadParameter(error.reason, param_hint="NAME") from None
+    finally:
+        services.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        Console().print("nothing quarantined")
+        return
+    table = Table("projection", "notification", "topic", "stage", "error", "first seen", "attempts")
+    for row in rows:
+        table.add_row(
+            row["key"],
+            str(row["notification_id"]),
+            row["topic"].rpartition(":")[2],
+            row["stage"],
+            f"{row['error_type']}: {row['error']}",
+            row["first_seen"],
+            str(row["attempts"]),
+        )
+    Console().print(table)
+
+
+@projections.command("retry")
+@click.argument("name")
+@click.argument("notification_id", type=int)
+def retry(name: str, notification_id: int) -> None:
+    """Apply a quarantined event of NAME again (after a fix); exit 1 if it still fails."""
+    services = build()
+    try:
+        outcome = services.read_models.retry(name, notification_id)
+    except (UnknownProjection, NotQuarantined) as error:
+        raise click.BadParameter(error.reason) from None
+    except StillQuarantined as error:
+        Console(stderr=True).print(f"[red]{error.reason}[/red]; it stays quarantined")
+        sys.exit(1)
+    finally:
+        services.close()
+    Console().print(
+        f"notification {notification_id} applied to {outcome['key']}; no longer quarantined"
+    )
 
 
 @projections.command("rebuild")

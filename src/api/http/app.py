@@ -80,11 +80,14 @@ def _family(name: str) -> dict[str, Any]:
 # Health -------------------------------------------------------------------------------------
 
 
-@get("/health", tags=["operations"], sync_to_thread=True, summary="Liveness and store check")
-def health(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    """Answers 200 without a key when the store answers."""
-    position = _services(request).app.recorder.max_notification_id()
-    return {"status": "ok", "position": position}
+@get("/health", tags=["operations"], sync_to_thread=True, summary="Store and projections health")
+def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    """No key needed. `ok`; `degraded` (200) with `reasons` when a projection has quarantined
+    notifications, lags too far or its runner failed; `down` (503) when the store does not
+    answer within a short timeout."""
+    report = _services(request).read_models.health()
+    code = 503 if report["status"] == "down" else 200
+    return Response(report, status_code=code, media_type=MediaType.JSON)
 
 
 # Usage --------------------------------------------------------------------------------------
@@ -580,6 +583,39 @@ def rebuild(request: Request[Any, Any, Any], name: str, caller: Principal) -> di
     return _services(request).read_models.start_rebuild(name)  # type: ignore[no-any-return]
 
 
+# Projection quarantine: events a projection set aside instead of stopping on them -----------
+
+
+@get(
+    "/v1/projections/{name:str}/quarantine",
+    tags=["operations"],
+    sync_to_thread=True,
+    **_family("reconcile"),
+    summary="Stored events a projection could not apply",
+)
+def projection_quarantine(
+    request: Request[Any, Any, Any], name: str, caller: Principal
+) -> dict[str, Any]:
+    """The notifications a projection set aside, oldest first, with the error of each."""
+    return {"items": _services(request).read_models.quarantined(name), "next_cursor": None}
+
+
+@post(
+    "/v1/projections/{name:str}/quarantine/{notification_id:int}/retry",
+    status_code=200,
+    tags=["operations"],
+    sync_to_thread=True,
+    **_family("projections"),
+    summary="Apply a quarantined event again",
+)
+def retry_quarantined(
+    request: Request[Any, Any, Any], name: str, notification_id: int, caller: Principal
+) -> dict[str, Any]:
+    """Applied: 200 and it leaves the quarantine. Fails again: 409 and it stays, with the
+    new error."""
+    return _services(request).read_models.retry(name, notification_id)  # type: ignore[no-any-return]
+
+
 @get(
     "/v1/audit",
     tags=["operations"],
@@ -721,6 +757,8 @@ ROUTES = [
     register_emitter,
     grant,
     revoke_grant,
+    projection_quarantine,
+    retry_quarantined,
 ]
 
 
