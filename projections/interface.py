@@ -50,7 +50,20 @@ class ReadModels(Protocol):
         """{items: [{position, at, action, actor, key_id, detail}], next_cursor}"""
 
     def status(self) -> list[dict[str, Any]]:
-        """[{name, version, position, lag, state}] for every projection version."""
+        """[{name, version, position, lag, state, quarantined}] for every projection version."""
+
+    def quarantined(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The stored events a projection (every one when None) set aside, oldest first:
+        [{name, version, key, notification_id, originator_id, originator_version, topic, stage,
+        error_type, error, first_seen, last_seen, attempts}]."""
+
+    def retry(self, name: str, notification_id: int) -> dict[str, Any]:
+        """Apply a quarantined notification again: {name, version, key, notification_id, topic,
+        outcome}. Raises projections.errors.StillQuarantined (it stays, with the new error) or
+        NotQuarantined."""
+
+    def health(self) -> dict[str, Any]:
+        """{status: ok|degraded|down, store, projections, reasons}."""
 
     def wait(self, position: int, timeout: float = 2.0) -> bool:
         """Block until every live projection has processed `position`; False on timeout."""
