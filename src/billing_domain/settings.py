@@ -96,7 +96,8 @@ class Settings:
             env.update(
                 PERSISTENCE_MODULE="adapters.sqlite:SQLiteBillingFactory",
                 SQLITE_DBNAME=path,
-                SQLITE_LOCK_TIMEOUT="30",
+                # How long a write waits for another process's lock: the statement timeout.
+                SQLITE_LOCK_TIMEOUT=_seconds(self.statement_timeout),
                 APPLICATION_RECORDER_TOPIC="adapters.sqlite:SQLiteBillingRecorder",
             )
             return env
