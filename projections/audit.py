@@ -119,6 +119,9 @@ class AuditProjection(Projection):
         if topic == "AuditFact.Recorded":
             action, emitter, key_id, at = e.action, e.emitter, e.key_id, e.at
             detail.update(_plain(e.detail))
+            first_at = getattr(e, "first_at", None)
+            if first_at is not None:  # a counted refusal; facts stored before counting are one
+                detail.update(count=e.count, first_at=iso(first_at), last_at=iso(e.at))
         else:
             emitter, _, key_id = str(getattr(e, "actor", "system/-")).partition("/")
             at = getattr(e, "closed_at", None) or getattr(e, "received_at", None) or e.timestamp

@@ -10,7 +10,8 @@ from typing import Any
 
 from adapters.persistence import check_store
 from billing_domain.application import BillingApplication
-from billing_domain.settings import Settings
+from billing_domain.settings import Settings, SettingsError
+from billing_domain.throttle import DEFAULT_FAILURES_PER_MINUTE, FailureThrottle
 from projections.service import ProjectionService
 from projections.store import ViewStore
 
@@ -21,9 +22,12 @@ class Services:
     app: BillingApplication
     read_models: Any = None  # projections.interface.ReadModels
     closers: list[Callable[[], None]] = field(default_factory=list)
+    throttle: FailureThrottle = field(default_factory=FailureThrottle)
 
     def start_background(self) -> None:
-        """Keep projections current in this process, unless a separate worker runs them."""
+        """Keep projections current in this process, unless a separate worker runs them;
+        write counted refusals to the audit log every window."""
+        self.app.refusals.start()
         if self.read_models is not None:
             self.read_models.start_background()
 
@@ -38,6 +42,7 @@ def build(
 ) -> Services:
     settings = settings or Settings.from_env()
     check_store(settings)
+    failures_per_minute = _failures_per_minute()
     app = BillingApplication(settings, clock=clock)
     external = os.environ.get("BILLING_PROJECTION_WORKER", "in-process") == "external"
     read_models = ProjectionService(
@@ -47,5 +52,17 @@ def build(
         batch_size=int(os.environ.get("BILLING_PROJECTION_BATCH", "1000")),
     )
     return Services(
-        settings=settings, app=app, read_models=read_models, closers=[read_models.close]
+        settings=settings,
+        app=app,
+        read_models=read_models,
+        closers=[app.refusals.close, read_models.close],
+        throttle=FailureThrottle(failures_per_minute),
     )
+
+
+def _failures_per_minute() -> int:
+    name = "BILLING_AUTH_FAILURES_PER_MINUTE"
+    text = os.environ.get(name, "").strip() or str(DEFAULT_FAILURES_PER_MINUTE)
+    if not text.isdigit() or int(text) < 1:
+        raise SettingsError(f"{name}={text!r}: expected a whole number above zero, e.g. 20")
+    return int(text)

@@ -39,6 +39,8 @@ from billing_domain.usage import (
     iso,
 )
 
+_NO_KEY_HASH = hash_secret(secrets.token_urlsafe(32))
+
 
 class AccessCommands(ApplicationCore):
     def register_emitter(
@@ -103,13 +105,14 @@ class AccessCommands(ApplicationCore):
     def authenticate(self, token: str) -> Principal:
         """The principal a bearer key stands for; any doubt is NotAuthenticated."""
         admin_key = self.settings.admin_key
-        if admin_key and secrets.compare_digest(token.encode(), admin_key.encode()):
+        if admin_key and secrets.compare_digest(hash_secret(token), hash_secret(admin_key)):
             return Principal(emitter="bootstrap-admin", key_id="bootstrap", role="admin")
         parts = token.split("_", 2)
         if len(parts) != 3 or parts[0] != "bk" or not re.fullmatch(r"[0-9a-f]{16}", parts[1]):
             raise NotAuthenticated("malformed key")
         key = self._find(key_uuid(parts[1]), Key)
-        if key is None or not secrets_match(parts[2], key.key_hash):
+        # An unknown key id costs the same hash comparison as a known one.
+        if not secrets_match(parts[2], key.key_hash if key else _NO_KEY_HASH) or key is None:
             raise NotAuthenticated("unknown key")
         if key.revoked:
             raise NotAuthenticated("revoked key")
@@ -185,6 +188,6 @@ class AccessCommands(ApplicationCore):
         reason: str,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        """Keep a refused request in the audit log (never the key itself)."""
-        who = principal or Principal(emitter="anonymous", key_id="-", role="none")
-        self.save(self._refusal_fact(who, action, reason, detail or {}, self.clock()))
+        """Count a refused request for the audit log (never the key itself); repeats of the
+        same refusal within a window are kept as one fact with their count."""
+        self.refusals.record(principal, action, reason, detail or {}, self.clock())

@@ -46,6 +46,7 @@ from billing_domain.period import BillingPeriod
 from billing_domain.plan import Plan
 from billing_domain.ports import KeyStore
 from billing_domain.pricing import Charge
+from billing_domain.refusals import RefusalLog
 from billing_domain.settings import Settings
 from billing_domain.usage import (
     next_period,
@@ -122,6 +123,7 @@ class ApplicationCore(Application[UUID]):
         env = self.settings.eventsourcing_env()
         super().__init__(env=env)
         self.key_store = cast(KeyStore, self.recorder)
+        self.refusals = RefusalLog(lambda facts: self.save(*facts))
 
     repository: CachingRepository
 

@@ -77,6 +77,24 @@ class CorrectionCommands(ApplicationCore):
         digest = _hash_json(event_id, None if quantity is None else decimal_text(quantity), reason)
         now = self.clock()
 
+        def refuse(meter: str | None) -> NotAuthorised:
+            refusal = NotAuthorised(
+                f"{principal.emitter!r} has no grant for customer {customer_id!r}"
+                + (f" and meter {meter!r}" if meter else "")
+            )
+            self.refusals.record(
+                principal,
+                "usage.compensate",
+                refusal.reason,
+                {"customer_id": customer_id, "event_id": event_id, "meter": meter},
+                now,
+            )
+            return refusal
+
+        # Before any lookup: a caller without a grant learns nothing of customers or events.
+        if not principal.may_ingest_for(customer_id, now):
+            raise refuse(None)
+
         def attempt() -> dict[str, Any]:
             done = self._idempotent("compensation", customer_id, compensation_id, digest)
             if done is not None:
@@ -85,10 +103,7 @@ class CorrectionCommands(ApplicationCore):
                 )
             row, record = self.recorded_usage(customer_id, event_id)
             if not principal.may_ingest(customer_id, record[2], now):
-                raise NotAuthorised(
-                    f"{principal.emitter!r} has no grant for customer "
-                    f"{customer_id!r} and meter {record[2]!r}"
-                )
+                raise refuse(record[2])
             pending: dict[UUID, Aggregate] = {}
             period = self._find(row.originator_id, BillingPeriod)
             assert period is not None

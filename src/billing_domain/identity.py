@@ -34,9 +34,12 @@ class Grant:
     valid_until: datetime | None
 
     def allows(self, customer_id: str, meter: str, at: datetime) -> bool:
+        return self.covers(customer_id, at) and ("*" in self.meters or meter in self.meters)
+
+    def covers(self, customer_id: str, at: datetime) -> bool:
+        """For this customer, some meter, at this time."""
         return (
             self.customer_id in ("*", customer_id)
-            and ("*" in self.meters or meter in self.meters)
             and (self.valid_from is None or at >= self.valid_from)
             and (self.valid_until is None or at < self.valid_until)
         )
@@ -59,6 +62,12 @@ class Principal:
         if self.role == "admin":
             return True
         return self.role == "emitter" and any(g.allows(customer_id, meter, at) for g in self.grants)
+
+    def may_ingest_for(self, customer_id: str, at: datetime) -> bool:
+        """Allowed for this customer and at least one meter."""
+        if self.role == "admin":
+            return True
+        return self.role == "emitter" and any(g.covers(customer_id, at) for g in self.grants)
 
 
 SYSTEM = Principal(emitter="system", key_id="-", role="admin")
@@ -146,7 +155,10 @@ class Key(Aggregate):
 
 
 class AuditFact(Aggregate):
-    """A fact worth keeping that changes no balance: a refusal, or a conflicting retry."""
+    """A fact worth keeping that changes no balance: a refusal, or a conflicting retry.
+
+    Refusals are counted: `count` of them between `first_at` and `at`. Facts stored before
+    counting have neither, and read as one (first_at None)."""
 
     class Recorded(Aggregate.Created):
         action: str
@@ -155,6 +167,8 @@ class AuditFact(Aggregate):
         reason: str
         detail: dict[str, Any]
         at: datetime
+        count: int = 1
+        first_at: datetime | None = None
 
     @event(Recorded)
     def __init__(
@@ -165,6 +179,8 @@ class AuditFact(Aggregate):
         reason: str,
         detail: dict[str, Any],
         at: datetime,
+        count: int = 1,
+        first_at: datetime | None = None,
     ) -> None:
         self.action = action
         self.emitter = emitter
@@ -172,3 +188,5 @@ class AuditFact(Aggregate):
         self.reason = reason
         self.detail = detail
         self.at = at
+        self.count = count
+        self.first_at = first_at

@@ -111,13 +111,14 @@ class IngestCommands(ApplicationCore):
                         customer_uuid(item.customer_id), Customer
                     )
                 customer = customers[item.customer_id]
-                if customer is None:
-                    raise UnknownCustomer(f"no customer {item.customer_id!r}")
+                # The grant first: a caller without one learns nothing of who is a customer.
                 if not principal.may_ingest(item.customer_id, item.meter, now):
                     raise NotAuthorised(
                         f"{principal.emitter!r} has no grant for customer "
                         f"{item.customer_id!r} and meter {item.meter!r}"
                     )
+                if customer is None:
+                    raise UnknownCustomer(f"no customer {item.customer_id!r}")
                 billed = self._billed_customer(customer, item.occurred_at)
                 period = period_of(item.occurred_at)
                 charge = self._charge_for(billed, period, item.meter)
@@ -132,20 +133,22 @@ class IngestCommands(ApplicationCore):
                     field=error.field,
                     code=error.code,
                 )
-                if isinstance(error, NotAuthorised):
-                    refusals.append(
-                        self._refusal_fact(
-                            principal,
-                            "usage.ingest",
-                            error.reason,
-                            {
-                                "customer_id": item.customer_id,
-                                "meter": item.meter,
-                                "event_id": item.event_id,
-                            },
-                            now,
-                        )
-                    )
+                counted = self.refusals.note(
+                    principal,
+                    "usage.ingest",
+                    error.reason,
+                    {
+                        "customer_id": item.customer_id,
+                        "meter": item.meter,
+                        "event_id": item.event_id,
+                        "field": error.field,
+                        "code": error.code,
+                    },
+                    now,
+                    at_once=isinstance(error, NotAuthorised),
+                )
+                if counted is not None:
+                    refusals.append(counted)
 
         if routed or refusals:
             self._retry(lambda: self._commit_usage(routed, results, now, refusals))

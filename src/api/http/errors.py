@@ -13,6 +13,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from adapters.persistence import store_unavailable
 from billing_domain import errors as domain
+from billing_domain.throttle import RateLimited
 
 log = logging.getLogger("billing.http")
 
@@ -23,6 +24,7 @@ STATUS_OF: tuple[tuple[type[domain.BillingError], int], ...] = (
     (domain.NotAuthenticated, 401),
     (domain.NotAuthorised, 403),
     (domain.NotFound, 404),
+    (RateLimited, 429),
     (domain.Conflict, 409),
     (domain.InvalidInput, 422),
     (domain.StoreContention, 503),
@@ -56,6 +58,8 @@ def on_billing_error(_: Request[Any, Any, Any], error: domain.BillingError) -> R
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if isinstance(error, RateLimited):
+        headers = {"Retry-After": str(error.retry_after)}
     return respond(
         status, [{"field": error.field, "reason": error.reason, "code": error.code}], headers
     )
