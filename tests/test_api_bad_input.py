@@ -198,7 +198,7 @@ def test_json_numbers_are_read_exactly(api):
             "/v1/usage",
             content=(
                 b'{"event_id":"exact","customer_id":"acme","meter":"api_calls",'
-                b'"quantity":0.1000000000000000055511151231257827,'
+                b'"quantity":0.100000000000000005,'
                 b'"occurred_at":"2026-10-05T10:00:00Z"}'
             ),
             headers={**ADMIN, "Content-Type": "application/json"},
@@ -210,4 +210,4 @@ def test_json_numbers_are_read_exactly(api):
     ][0]["invoice_id"]
     lineage = client.get(f"/v1/invoices/{invoice_id}/lineage?line=0", headers=ADMIN).json()
     exact = [r for r in lineage["items"] if r["id"] == "exact"]
-    assert exact[0]["quantity"] == "0.1000000000000000055511151231257827"
+    assert exact[0]["quantity"] == "0.100000000000000005"

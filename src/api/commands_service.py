@@ -23,7 +23,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from api.bootstrap import Services, build
-from billing_domain.errors import BillingError
+from billing_domain.bounds import parse_time
+from billing_domain.errors import BillingError, InvalidInput
 from billing_domain.identity import Key
 from billing_domain.usage import UsageInput, next_period, period_of
 
@@ -50,12 +51,9 @@ def when(text: str | None) -> datetime | None:
     if text is None:
         return None
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter("must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z") from None
-    if moment.tzinfo is None:
-        raise click.BadParameter("needs a UTC offset, e.g. 2026-11-01T00:00:00Z")
-    return moment
+        return parse_time(text, "time")
+    except InvalidInput as error:
+        raise click.BadParameter(error.reason) from None
 
 
 # uvicorn stops waiting for open requests after GRACE_SECONDS; whatever still holds the

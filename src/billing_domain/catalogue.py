@@ -109,7 +109,7 @@ class CatalogueCommands(ApplicationCore):
         """Publish a plan's next version; existing subscriptions keep theirs."""
         check_identifier(plan_id, "plan_id")
         check_currency(currency)
-        normalised = [c.to_dict() for c in parse_charges(charges)]
+        normalised = [c.to_dict() for c in parse_charges(charges, strict=True)]
 
         def attempt() -> tuple[str, int]:
             plan = self._find(plan_uuid(plan_id), Plan) or Plan(plan_id=plan_id)

@@ -23,6 +23,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 from eventsourcing.utils import strtobool
 
+from billing_domain.bounds import DISPLAY_FIELDS, MAX_ID_LENGTH, check_id, check_text, parse_time
 from billing_domain.customer import Customer
 from billing_domain.errors import (
     InvalidInput,
@@ -55,40 +56,39 @@ from billing_domain.usage import (
 )
 
 MAX_ATTEMPTS = 50
-_PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_PERIOD = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 T = TypeVar("T", bound=Aggregate)
 R = TypeVar("R")
 
 
 def check_period(text: str, field: str = "period") -> str:
-    if not isinstance(text, str) or not _PERIOD.match(text):
+    if not isinstance(text, str) or not _PERIOD.fullmatch(text):
         raise InvalidInput("must be a calendar month as YYYY-MM", field=field)
     return text
 
 
 def period_start(value: str, field: str) -> str:
     """A period named YYYY-MM, or given by its first instant in RFC 3339 (UTC midnight)."""
-    if isinstance(value, str) and _PERIOD.match(value):
+    if isinstance(value, str) and _PERIOD.fullmatch(value):
         return value
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except (AttributeError, ValueError):
+    if not isinstance(value, str | datetime):
         raise InvalidInput(
             "must be a period start: YYYY-MM or the month's first instant in RFC 3339", field=field
-        ) from None
-    if moment.tzinfo is None or period_bounds(period_of(moment))[0] != moment:
+        )
+    moment = parse_time(value, field)
+    if period_bounds(period_of(moment))[0] != moment:
         raise InvalidInput(
             "must be the first instant of a month in UTC (e.g. 2026-11-01T00:00:00Z)", field=field
         )
     return period_of(moment)
 
 
-def check_identifier(value: Any, field: str, *, max_length: int = 200) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput("must be a non-empty string", field=field)
-    if len(value) > max_length:
-        raise InvalidInput(f"must be at most {max_length} characters", field=field)
-    return value
+def check_identifier(value: Any, field: str, *, max_length: int | None = None) -> str:
+    """An id within its documented bounds (billing_domain.bounds); the display fields `name`
+    and `reason` are checked as display text instead."""
+    if field in DISPLAY_FIELDS:
+        return check_text(value, field, max_length or DISPLAY_FIELDS[field])
+    return check_id(value, field, max_length or MAX_ID_LENGTH)
 
 
 def _hash_json(*parts: Any) -> str:

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
+from billing_domain.bounds import MAX_EVENT_ID_LENGTH, bounded_decimal, check_properties
 from billing_domain.core import (
     ApplicationCore,
     check_identifier,
@@ -163,16 +164,16 @@ class IngestCommands(ApplicationCore):
         return [r for r in results if r is not None]
 
     def _check_usage(self, item: UsageInput, now: datetime) -> None:
-        check_identifier(item.event_id, "event_id", max_length=256)
+        check_identifier(item.event_id, "event_id", max_length=MAX_EVENT_ID_LENGTH)
         check_identifier(item.customer_id, "customer_id")
         check_identifier(item.meter, "meter")
         if not isinstance(item.quantity, Decimal) or not item.quantity.is_finite():
             raise InvalidInput("must be a finite decimal number", field="quantity")
+        bounded_decimal(item.quantity, "quantity")
         if item.quantity < 0:
             raise NegativeQuantity("must not be negative")
         self._check_time(item.occurred_at, now)
-        if not isinstance(item.properties, dict):
-            raise InvalidInput("must be an object", field="properties")
+        check_properties(item.properties)
 
     def _conflict_fact(
         self, principal: Principal, item: UsageInput, digest: str, recorded: str, now: datetime

@@ -7,6 +7,14 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from typing import Any
 
+from billing_domain.bounds import (
+    MAX_PLAN_CHARGES,
+    MAX_PLAN_TIERS,
+    MAX_PROPERTY_KEY_LENGTH,
+    bounded_int,
+    check_id,
+    parse_decimal,
+)
 from billing_domain.errors import InvalidInput
 
 MINOR_UNITS: dict[str, int] = {
@@ -35,6 +43,14 @@ MINOR_UNITS: dict[str, int] = {
 }
 AGGREGATIONS = ("sum", "count", "max", "unique_count")
 MODELS = ("per_unit", "graduated", "volume", "package")
+CHARGE_FIELDS = {"meter", "aggregation", "model", "field", "included_quantity"}
+MODEL_FIELDS = {
+    "per_unit": {"unit_amount"},
+    "graduated": {"tiers"},
+    "volume": {"tiers"},
+    "package": {"package_size", "package_amount"},
+}
+TIER_FIELDS = {"up_to", "unit_amount", "flat_amount"}
 ZERO = Decimal(0)
 
 
@@ -133,13 +149,17 @@ def _volume(tiers: Sequence[Tier], billable: Decimal) -> Decimal:
     raise AssertionError("validated tiers always end open")  # pragma: no cover
 
 
-def _decimal(value: Any, field: str, *, allow_negative: bool = False) -> Decimal:
+def _decimal(
+    value: Any, field: str, *, allow_negative: bool = False, strict: bool = False
+) -> Decimal:
+    if strict:
+        return parse_decimal(value, field, signed=allow_negative)
     if isinstance(value, float):
         raise InvalidInput("must be a decimal string or integer, not a float", field=field)
     try:
         number = Decimal(str(value))
     except (InvalidOperation, ValueError):
-        raise InvalidInput(f"not a decimal number: {value!r}", field=field) from None
+        raise InvalidInput("not a decimal number", field=field) from None
     if not number.is_finite():
         raise InvalidInput("must be finite", field=field)
     if number < 0 and not allow_negative:
@@ -147,12 +167,23 @@ def _decimal(value: Any, field: str, *, allow_negative: bool = False) -> Decimal
     return number
 
 
-def charge_from_dict(data: Mapping[str, Any], index: int = 0) -> Charge:
-    """Validate one charge of a plan; errors name the field as charges[i].name."""
+def _known_fields(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    for name in data:
+        if name not in allowed:
+            shown = name if isinstance(name, str) and len(name) <= 64 else "?"
+            raise InvalidInput("unknown field", field=f"{where}.{shown}")
+
+
+def charge_from_dict(data: Mapping[str, Any], index: int = 0, *, strict: bool = False) -> Charge:
+    """Validate one charge of a plan; errors name the field as charges[i].name. `strict` is
+    for a plan being published: every field known and every number within the documented
+    bounds; stored plans are read as they were published."""
     where = f"charges[{index}]"
     meter = data.get("meter")
     if not isinstance(meter, str) or not meter.strip():
         raise InvalidInput("a charge needs a meter name", field=f"{where}.meter")
+    if strict:
+        check_id(meter, f"{where}.meter")
     aggregation = data.get("aggregation", "sum")
     if aggregation not in AGGREGATIONS:
         raise InvalidInput(
@@ -166,7 +197,13 @@ def charge_from_dict(data: Mapping[str, Any], index: int = 0) -> Charge:
     model = data.get("model")
     if model not in MODELS:
         raise InvalidInput(f"must be one of {', '.join(MODELS)}", field=f"{where}.model")
-    included = _decimal(data.get("included_quantity") or 0, f"{where}.included_quantity")
+    if strict:
+        _known_fields(data, CHARGE_FIELDS | MODEL_FIELDS[model], where)
+        if field_name is not None:
+            check_id(field_name, f"{where}.field", MAX_PROPERTY_KEY_LENGTH)
+    included = _decimal(
+        data.get("included_quantity") or 0, f"{where}.included_quantity", strict=strict
+    )
     common: dict[str, Any] = {
         "meter": meter,
         "aggregation": aggregation,
@@ -177,30 +214,41 @@ def charge_from_dict(data: Mapping[str, Any], index: int = 0) -> Charge:
     if model == "per_unit":
         if data.get("unit_amount") is None:
             raise InvalidInput("per_unit needs unit_amount", field=f"{where}.unit_amount")
-        return Charge(**common, unit_amount=_decimal(data["unit_amount"], f"{where}.unit_amount"))
+        return Charge(
+            **common,
+            unit_amount=_decimal(data["unit_amount"], f"{where}.unit_amount", strict=strict),
+        )
     if model == "package":
         size = data.get("package_size")
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise InvalidInput("must be a positive integer", field=f"{where}.package_size")
+        if strict:
+            bounded_int(size, f"{where}.package_size", minimum=1)
         if data.get("package_amount") is None:
             raise InvalidInput("package needs package_amount", field=f"{where}.package_amount")
         return Charge(
             **common,
             package_size=size,
-            package_amount=_decimal(data["package_amount"], f"{where}.package_amount"),
+            package_amount=_decimal(
+                data["package_amount"], f"{where}.package_amount", strict=strict
+            ),
         )
-    return Charge(**common, tiers=_tiers(data.get("tiers"), where))
+    return Charge(**common, tiers=_tiers(data.get("tiers"), where, strict=strict))
 
 
-def _tiers(raw: Any, where: str) -> tuple[Tier, ...]:
+def _tiers(raw: Any, where: str, *, strict: bool = False) -> tuple[Tier, ...]:
     if not isinstance(raw, list) or not raw:
         raise InvalidInput("needs at least one tier", field=f"{where}.tiers")
+    if strict and len(raw) > MAX_PLAN_TIERS:
+        raise InvalidInput(f"must hold at most {MAX_PLAN_TIERS} tiers", field=f"{where}.tiers")
     tiers: list[Tier] = []
     previous = 0
     for i, item in enumerate(raw):
         at = f"{where}.tiers[{i}]"
         if not isinstance(item, Mapping):
             raise InvalidInput("a tier is an object", field=at)
+        if strict:
+            _known_fields(item, TIER_FIELDS, at)
         up_to = item.get("up_to")
         last = i == len(raw) - 1
         if up_to is None and not last:
@@ -210,14 +258,16 @@ def _tiers(raw: Any, where: str) -> tuple[Tier, ...]:
                 raise InvalidInput(
                     "must be an integer above the previous tier's", field=f"{at}.up_to"
                 )
+            if strict:
+                bounded_int(up_to, f"{at}.up_to", minimum=1)
             previous = up_to
         if item.get("unit_amount") is None:
             raise InvalidInput("a tier needs unit_amount", field=f"{at}.unit_amount")
         tiers.append(
             Tier(
                 up_to,
-                _decimal(item["unit_amount"], f"{at}.unit_amount"),
-                _decimal(item.get("flat_amount") or 0, f"{at}.flat_amount"),
+                _decimal(item["unit_amount"], f"{at}.unit_amount", strict=strict),
+                _decimal(item.get("flat_amount") or 0, f"{at}.flat_amount", strict=strict),
             )
         )
     if tiers[-1].up_to is not None:
@@ -228,11 +278,15 @@ def _tiers(raw: Any, where: str) -> tuple[Tier, ...]:
     return tuple(tiers)
 
 
-def parse_charges(raw: Any) -> tuple[Charge, ...]:
+def parse_charges(raw: Any, *, strict: bool = False) -> tuple[Charge, ...]:
+    """A plan's charges; `strict` for a plan being published (see charge_from_dict)."""
     if not isinstance(raw, list) or not raw:
         raise InvalidInput("a plan needs at least one charge", field="charges")
+    if strict and len(raw) > MAX_PLAN_CHARGES:
+        raise InvalidInput(f"must hold at most {MAX_PLAN_CHARGES} charges", field="charges")
     charges = tuple(
-        charge_from_dict(item if isinstance(item, Mapping) else {}, i) for i, item in enumerate(raw)
+        charge_from_dict(item if isinstance(item, Mapping) else {}, i, strict=strict)
+        for i, item in enumerate(raw)
     )
     meters = [c.meter for c in charges]
     for i, meter in enumerate(meters):
@@ -242,4 +296,4 @@ def parse_charges(raw: Any) -> tuple[Charge, ...]:
 
 
 def decimal_or_error(value: Any, field: str, *, allow_negative: bool = False) -> Decimal:
-    return _decimal(value, field, allow_negative=allow_negative)
+    return _decimal(value, field, allow_negative=allow_negative, strict=True)

@@ -7,8 +7,9 @@ writes. `?consistency=eventual` skips the wait.
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -26,6 +27,7 @@ from api.http import schemas as s
 from api.http.auth import principal, principal_async
 from api.http.errors import HANDLERS, pydantic_items
 from api.http.group_commit import GroupCommitter
+from billing_domain import bounds
 from billing_domain.application import check_period
 from billing_domain.errors import InvalidInput, NotAuthorised, NotFound
 from billing_domain.identity import Principal
@@ -33,19 +35,74 @@ from billing_domain.usage import UsageInput, iso
 from projections.reconciliation import reconcile
 
 READ_WAIT_SECONDS = 5.0
-MAX_BODY_BYTES = 16 * 1024 * 1024
-_decoder = msgspec.json.Decoder(float_hook=Decimal)
+MAX_BODY_BYTES = bounds.MAX_BODY_BYTES
+_decoder = msgspec.json.Decoder(float_hook=bounds.json_number)
+_SPACE_BEFORE_COLON = re.compile(rb'"\s+:')
+_CONTAINERS = (dict, list)  # what the decoder builds for objects and arrays
 
 
 class ExactRequest(Request[Any, Any, State]):
-    """JSON numbers become Decimal, never float: quantities stay exact from the edge."""
+    """JSON numbers become Decimal, never float: quantities stay exact from the edge. A body
+    nesting deeper than MAX_JSON_DEPTH, or repeating a key in one object, is refused."""
 
     async def json(self) -> Any:
         body = await self.body()
-        try:
-            return _decoder.decode(body or b"null")
-        except msgspec.DecodeError as error:
-            raise ClientException(f"malformed JSON: {error}") from None
+        return decode_body(body or b"null")
+
+
+def decode_body(body: bytes) -> Any:
+    try:
+        decoded = _decoder.decode(body)
+    except RecursionError:
+        raise _too_deep() from None
+    except msgspec.DecodeError as error:
+        raise ClientException(f"malformed JSON: {error}") from None
+    keys = _count_keys(decoded)
+    # A key is a string followed by a colon; a quote inside a string is escaped, so counting
+    # '":' counts the keys exactly unless the body has '\":' or space before a colon.
+    exact = body.find(b'\\":') < 0 and _SPACE_BEFORE_COLON.search(body) is None
+    if not exact or body.count(b'":') != keys:
+        _refuse_duplicate_keys(body)
+    return decoded
+
+
+def _too_deep() -> InvalidInput:
+    return InvalidInput(f"must nest at most {bounds.MAX_JSON_DEPTH} levels", field="body")
+
+
+def _count_keys(root: Any) -> int:
+    """Keys in every object of a decoded body, walked level by level (no recursion); refuses
+    a body nesting deeper than MAX_JSON_DEPTH."""
+    keys = 0
+    level = [root] if type(root) in _CONTAINERS else []
+    depth = 1
+    while level:
+        if depth > bounds.MAX_JSON_DEPTH:
+            raise _too_deep()
+        below: list[Any] = []
+        for node in level:
+            if type(node) is dict:
+                keys += len(node)
+                below += [child for child in node.values() if type(child) in _CONTAINERS]
+            else:
+                below += [child for child in node if type(child) in _CONTAINERS]
+        level = below
+        depth += 1
+    return keys
+
+
+def _refuse_duplicate_keys(body: bytes) -> None:
+    """The exact check, for the rare body the count cannot vouch for (depth already bounded)."""
+
+    def pairs(items: list[tuple[str, Any]]) -> None:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                shown = key if len(key) <= bounds.MAX_PROPERTY_KEY_LENGTH else key[:64] + "..."
+                raise InvalidInput("appears twice in one object", field=shown)
+            seen.add(key)
+
+    json.loads(body, object_pairs_hook=pairs, parse_float=len, parse_int=len, parse_constant=len)
 
 
 def _services(request: Request[Any, Any, Any]) -> Services:
@@ -238,21 +295,21 @@ def usage(
     customer_id: str,
     period: str,
     caller: Principal,
-    as_of: datetime | None = None,
+    as_of: str | None = None,
     consistency: str | None = None,
 ) -> dict[str, Any]:
     """Items per meter `{meter, quantity, amount}` with the projection's position and lag."""
     services = _services(request)
     check_period(period)
-    _check_as_of(as_of)
+    moment = _time(as_of, "as_of")
     services.app.get_customer(customer_id)
     _fresh(services, consistency)
-    return {"next_cursor": None, **services.read_models.usage(customer_id, period, as_of=as_of)}
+    return {"next_cursor": None, **services.read_models.usage(customer_id, period, as_of=moment)}
 
 
-def _check_as_of(as_of: datetime | None) -> None:
-    if as_of is not None and as_of.tzinfo is None:
-        raise InvalidInput("needs a UTC offset", field="as_of")
+def _time(text: str | None, field: str) -> datetime | None:
+    """A time query parameter: RFC 3339 with an offset, as every time input."""
+    return None if text is None else bounds.parse_time(text, field)
 
 
 # Customers, plans, subscriptions --------------------------------------------------------------
@@ -414,7 +471,7 @@ def list_invoices(
     period: str | None = None,
     cursor: str | None = None,
     limit: int = 100,
-    as_of: datetime | None = None,
+    as_of: str | None = None,
     consistency: str | None = None,
 ) -> dict[str, Any]:
     """`{items, next_cursor}`, newest first within a customer."""
@@ -423,10 +480,10 @@ def list_invoices(
         check_period(period)
     if not 1 <= limit <= 1000:
         raise InvalidInput("must be between 1 and 1000", field="limit")
-    _check_as_of(as_of)
+    moment = _time(as_of, "as_of")
     _fresh(services, consistency)
     return services.read_models.invoices(
-        customer_id=customer_id, period=period, cursor=cursor, limit=limit, as_of=as_of
+        customer_id=customer_id, period=period, cursor=cursor, limit=limit, as_of=moment
     )
 
 
@@ -442,14 +499,14 @@ def get_invoice(
     invoice_id: str,
     caller: Principal,
     revision: int | None = None,
-    as_of: datetime | None = None,
+    as_of: str | None = None,
     consistency: str | None = None,
 ) -> dict[str, Any]:
     """The latest revision unless `revision` is given; a draft for an open period."""
     services = _services(request)
-    _check_as_of(as_of)
+    moment = _time(as_of, "as_of")
     _fresh(services, consistency)
-    found = services.read_models.invoice(invoice_id, revision=revision, as_of=as_of)
+    found = services.read_models.invoice(invoice_id, revision=revision, as_of=moment)
     if found is None:
         raise NotFound(f"no invoice {invoice_id!r}", field="invoice_id")
     return found  # type: ignore[no-any-return]
@@ -626,8 +683,8 @@ def retry_quarantined(
 def audit(
     request: Request[Any, Any, Any],
     caller: Principal,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: str | None = None,
+    until: str | None = None,
     actor: str | None = None,
     cursor: str | None = None,
     limit: int = 100,
@@ -635,12 +692,12 @@ def audit(
 ) -> dict[str, Any]:
     """Keys, grants, plans, subscriptions, merges, corrections, closes, refusals."""
     services = _services(request)
-    _check_as_of(since)
+    start, end = _time(since, "since"), _time(until, "until")
     if not 1 <= limit <= 1000:
         raise InvalidInput("must be between 1 and 1000", field="limit")
     _fresh(services, consistency)
     return services.read_models.audit(
-        since=since, until=until, actor=actor, cursor=cursor, limit=limit
+        since=start, until=end, actor=actor, cursor=cursor, limit=limit
     )
 
 
