@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    PersistenceError,
+)
 
 from billing_domain.bounds import MAX_EVENT_ID_LENGTH, bounded_decimal, check_properties
 from billing_domain.core import (
@@ -44,6 +51,42 @@ from billing_domain.usage import (
     period_of,
 )
 
+# Beyond this gap between the versions of one period's receipts, reading the events between
+# them costs more than another query.
+_RECEIPT_GAP = 64
+
+
+def _refused_write(error: Exception) -> bool:
+    """The store refused what the write holds: not an outage (the same write may succeed
+    later) and not contention (retried)."""
+    return not isinstance(error, IntegrityError | OperationalError | InterfaceError)
+
+
+def _unstorable_field(item: UsageInput) -> str | None:
+    """The field holding text no supported store keeps: a NUL (PostgreSQL text refuses it) or
+    an unpaired surrogate (not UTF-8)."""
+    for field, text in (
+        ("event_id", item.event_id),
+        ("customer_id", item.customer_id),
+        ("meter", item.meter),
+    ):
+        if "\x00" in text or (not text.isascii() and not _utf8(text)):
+            return field
+    return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
 
 @dataclass(frozen=True)
 class _Routed:
@@ -78,8 +121,12 @@ class IngestCommands(ApplicationCore):
         entries: Sequence[tuple[UsageInput, Principal]],
         *,
         received_at: datetime | None = None,
+        atomic: bool = True,
     ) -> list[UsageResult]:
-        """Record usage sent by several callers in one atomic commit (group commit)."""
+        """Record usage sent by several callers in one commit (group commit). When the store
+        refuses the write, the entries it refused are rejected alone: an atomic call (one
+        caller's batch) commits all the others in one transaction; otherwise (independent
+        callers) the group is split in halves until each refused entry stands alone."""
         now = received_at or self.clock()
         results: list[UsageResult | None] = [None] * len(entries)
         first_of: dict[tuple[str, str], tuple[int, str]] = {}
@@ -92,7 +139,7 @@ class IngestCommands(ApplicationCore):
             try:
                 self._check_usage(item, now)
                 key = (item.customer_id, item.event_id)
-                digest = payload_hash(item)
+                digest = self._digest(item)
                 if key in first_of:
                     if first_of[key][1] == digest:
                         results[index] = UsageResult(item.event_id, "duplicate")
@@ -151,17 +198,114 @@ class IngestCommands(ApplicationCore):
                 if counted is not None:
                     refusals.append(counted)
 
+        receipts: dict[int, KeyRow] = {}
         if routed or refusals:
-            self._retry(lambda: self._commit_usage(routed, results, now, refusals))
+            self._commit_isolating(routed, results, now, refusals, receipts, atomic=atomic)
+        self._replay_receipts(results, receipts)
         for index, (item, _) in enumerate(entries):
             result = results[index]
             if result is not None and result.status == "duplicate" and result.period is None:
                 first = results[first_of[(item.customer_id, item.event_id)][0]]
                 if first is not None and first.status in ("accepted", "duplicate"):
                     results[index] = UsageResult(
-                        item.event_id, "duplicate", first.period, first.treatment
+                        item.event_id,
+                        "duplicate",
+                        first.period,
+                        first.treatment,
+                        received_at=first.received_at,
                     )
         return [r for r in results if r is not None]
+
+    def _digest(self, item: UsageInput) -> str:
+        try:
+            return payload_hash(item)
+        except UnicodeEncodeError:
+            raise InvalidInput(
+                "must be valid Unicode text (no unpaired surrogates)",
+                field=_unstorable_field(item) or "properties",
+            ) from None
+
+    def _commit_isolating(
+        self,
+        routed: list[_Routed],
+        results: list[UsageResult | None],
+        now: datetime,
+        refusals: list[AuditFact],
+        receipts: dict[int, KeyRow],
+        *,
+        atomic: bool,
+    ) -> None:
+        try:
+            self._retry(lambda: self._commit_usage(routed, results, now, refusals, receipts))
+            return
+        except (PersistenceError, ValueError, TypeError) as error:
+            if not _refused_write(error):
+                raise
+            refused = error
+        if atomic:
+            # A trial write of each half would have to be rolled back, which the store port
+            # does not offer: the entries are checked for what the supported stores refuse.
+            bad = [r for r in routed if _unstorable_field(r.item) is not None]
+            if not bad:
+                raise refused
+            for r in bad:
+                self._reject_unstorable(r, results, refused)
+            rest = [r for r in routed if r not in bad]
+            self._retry(lambda: self._commit_usage(rest, results, now, refusals, receipts))
+        elif len(routed) > 1:
+            half = len(routed) // 2
+            self._commit_isolating(routed[:half], results, now, refusals, receipts, atomic=False)
+            self._commit_isolating(routed[half:], results, now, [], receipts, atomic=False)
+        else:
+            for r in routed:
+                self._reject_unstorable(r, results, refused)
+            if refusals:
+                self._retry(lambda: self._commit_usage([], results, now, refusals, receipts))
+
+    @staticmethod
+    def _reject_unstorable(r: _Routed, results: list[UsageResult | None], error: Exception) -> None:
+        results[r.index] = UsageResult(
+            r.item.event_id,
+            "rejected",
+            detail=f"the store refused this event: {_first_line(error)}",
+            field=_unstorable_field(r.item),
+            code="unstorable",
+        )
+
+    def _replay_receipts(
+        self, results: list[UsageResult | None], receipts: dict[int, KeyRow]
+    ) -> None:
+        """A duplicate answers with the first receipt: read from the stored events that
+        recorded the first copies, one query per run of nearby versions of a period."""
+        rows = {
+            i: row
+            for i, row in receipts.items()
+            if (result := results[i]) is not None and result.status == "duplicate"
+        }
+        versions: dict[UUID, set[int]] = {}
+        for row in rows.values():
+            versions.setdefault(row.originator_id, set()).add(row.originator_version)
+        recorded: dict[tuple[UUID, int], Any] = {}
+        for originator_id, wanted in versions.items():
+            ordered = sorted(wanted)
+            runs = [[ordered[0]]]
+            for version in ordered[1:]:
+                if version - runs[-1][-1] > _RECEIPT_GAP:
+                    runs.append([])
+                runs[-1].append(version)
+            for run in runs:
+                for stored in self.events.get(originator_id, gt=run[0] - 1, lte=run[-1]):
+                    recorded[(originator_id, stored.originator_version)] = stored
+        for index, row in rows.items():
+            first = recorded.get((row.originator_id, row.originator_version))
+            result = results[index]
+            if first is None or result is None:
+                continue
+            results[index] = replace(
+                result,
+                treatment=getattr(first, "treatment", result.treatment),
+                received_at=getattr(first, "received_at", result.received_at),
+            )
 
     def _check_usage(self, item: UsageInput, now: datetime) -> None:
         check_identifier(item.event_id, "event_id", max_length=MAX_EVENT_ID_LENGTH)
@@ -197,6 +341,7 @@ class IngestCommands(ApplicationCore):
         results: list[UsageResult | None],
         now: datetime,
         refusals: list[AuditFact],
+        receipts: dict[int, KeyRow],
     ) -> None:
         existing = self.key_store.select_keys(
             "usage", [(r.item.customer_id, r.item.event_id) for r in routed]
@@ -210,6 +355,7 @@ class IngestCommands(ApplicationCore):
                 groups.setdefault((r.billed_customer_id, r.period), []).append(r)
             elif row.payload_hash == r.payload_hash:
                 results[r.index] = UsageResult(r.item.event_id, "duplicate", r.period)
+                receipts[r.index] = row
             else:
                 results[r.index] = UsageResult(
                     r.item.event_id,

@@ -2,7 +2,8 @@
 
 Callers block (or await) until the commit holding their event is durable, so a 202 still
 means "recorded". One writer thread drains whatever is queued, up to `max_batch` events,
-and records it with `record_usage_from`; while it writes, the next group gathers.
+and records it with `record_usage_from`; while it writes, the next group gathers. An event
+the store refuses is answered `rejected` alone; the events beside it are still recorded.
 """
 
 from __future__ import annotations
@@ -80,8 +81,11 @@ class GroupCommitter:
 
     def _commit(self, group: list[_Pending]) -> None:
         try:
-            results = self.app.record_usage_from([(p.item, p.principal) for p in group])
-        except BaseException as error:  # every waiting caller must learn the commit failed
+            # The callers are independent: an event the store refuses fails alone.
+            results = self.app.record_usage_from(
+                [(p.item, p.principal) for p in group], atomic=False
+            )
+        except BaseException as error:  # an outage: every waiting caller must learn of it
             for pending in group:
                 pending.future.set_exception(error)
             return
