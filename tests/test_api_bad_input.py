@@ -129,7 +129,7 @@ CASES = [  # (method, path, body, status, field)
     ),
     ("POST", "/v1/customers/acme/periods/2026-13/close", None, 422, "period"),
     ("POST", "/v1/customers/acme/periods/2026-11/close", None, 422, "period"),
-    ("POST", "/v1/customers/ghost/periods/2026-10/close", None, 422, "customer_id"),
+    ("POST", "/v1/customers/ghost/periods/2026-10/close", None, 404, "customer_id"),
     ("POST", "/v1/keys", {"role": "root", "name": "k"}, 422, "role"),
     ("POST", "/v1/keys", {"role": "emitter", "name": "k"}, 422, "emitter_id"),
     ("POST", "/v1/emitters/ghost/grants", {"customer_id": "*", "meters": ["*"]}, 404, None),

@@ -55,7 +55,7 @@ def nul_event(quantity: str = "1") -> UsageInput:
 
 
 def test_one_refused_event_fails_alone_among_fifty_concurrent_requests(
-    settings: Any, clock: Any, past_the_bounds: None
+    settings: Any, clock: Any, past_the_bounds: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with http(settings, clock) as (client, services):
         setup_acme(client)
@@ -71,7 +71,7 @@ def test_one_refused_event_fails_alone_among_fifty_concurrent_requests(
             groups.append(len(entries))
             return record(entries, **kwargs)
 
-        app.record_usage_from = busy_first
+        monkeypatch.setattr(app, "record_usage_from", busy_first)
         earlier = committer.submit(usage("earlier", 1, at(4)), SYSTEM)
         while not groups and committer._queue.qsize():
             time.sleep(0.01)

@@ -16,7 +16,9 @@ from billing_domain.customer import LATE_USAGE_POLICIES, Customer
 from billing_domain.errors import (
     CustomerExists,
     CustomerMerged,
+    CustomerNotFound,
     InvalidInput,
+    PlanNotFound,
     UnknownCustomer,
     UnknownPlan,
 )
@@ -37,7 +39,16 @@ from billing_domain.usage import (
 )
 
 
-class CatalogueCommands(ApplicationCore):
+class CustomerLookup(ApplicationCore):
+    def _customer_in_path(self, customer_id: str) -> Customer:
+        """The customer a request's path names; unknown is not found, not bad input."""
+        customer = self._find(customer_uuid(customer_id), Customer)
+        if customer is None:
+            raise CustomerNotFound(f"no customer {customer_id!r}")
+        return customer
+
+
+class CatalogueCommands(CustomerLookup):
     def open_customer(
         self,
         customer_id: str,
@@ -86,7 +97,7 @@ class CatalogueCommands(ApplicationCore):
             )
 
         def attempt() -> Customer:
-            customer = self._customer(customer_id)
+            customer = self._customer_in_path(customer_id)
             if name is not None and name != customer.name:
                 customer.rename(name, principal.actor)
             if late_usage_policy is not None and late_usage_policy != customer.late_usage_policy:
@@ -97,7 +108,8 @@ class CatalogueCommands(ApplicationCore):
         return self._retry(attempt)
 
     def get_customer(self, customer_id: str) -> Customer:
-        return self._customer(customer_id)
+        """A customer account; unknown is not found."""
+        return self._customer_in_path(customer_id)
 
     def publish_plan(
         self,
@@ -120,9 +132,10 @@ class CatalogueCommands(ApplicationCore):
         return self._retry(attempt)
 
     def get_plan(self, plan_id: str) -> Plan:
+        """A plan with every published version; unknown is not found."""
         plan = self._find(plan_uuid(plan_id), Plan)
         if plan is None:
-            raise UnknownPlan(f"no plan {plan_id!r}")
+            raise PlanNotFound(f"no plan {plan_id!r}")
         return plan
 
     def subscribe(
@@ -134,14 +147,17 @@ class CatalogueCommands(ApplicationCore):
         plan_version: int | None = None,
     ) -> dict[str, Any]:
         """Subscribe a customer to a plan version from a period start (a migration is an event)."""
+        self._customer_in_path(customer_id)
         effective_from = period_start(effective_from, "effective_from")
-        plan = self.get_plan(plan_id)
+        plan = self._find(plan_uuid(plan_id), Plan)
+        if plan is None:
+            raise UnknownPlan(f"no plan {plan_id!r}")
         version = plan_version or len(plan.versions)
         if not 1 <= version <= len(plan.versions):
             raise UnknownPlan(f"plan {plan_id!r} has no version {version}", field="plan_version")
 
         def attempt() -> dict[str, Any]:
-            customer = self._customer(customer_id)
+            customer = self._customer_in_path(customer_id)
             if plan.version_data(version)["currency"] != customer.currency:
                 raise InvalidInput(
                     f"plan {plan_id!r} is priced in {plan.version_data(version)['currency']}, "
@@ -170,13 +186,14 @@ class CatalogueCommands(ApplicationCore):
         self, customer_id: str, into: str, effective_at: datetime, principal: Principal = SYSTEM
     ) -> dict[str, Any]:
         """Bill a customer's usage from an instant onwards to another customer."""
+        self._customer_in_path(customer_id)
         if not isinstance(effective_at, datetime) or effective_at.tzinfo is None:
             raise InvalidInput("must be an RFC 3339 time with a UTC offset", field="effective_at")
         if into == customer_id:
             raise InvalidInput("a customer cannot be merged into itself", field="into")
 
         def attempt() -> dict[str, Any]:
-            customer = self._customer(customer_id)
+            customer = self._customer_in_path(customer_id)
             target = self._find(customer_uuid(into), Customer)
             if target is None:
                 raise UnknownCustomer(f"no customer {into!r}", field="into")

@@ -9,8 +9,8 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
+from billing_domain.catalogue import CustomerLookup
 from billing_domain.core import (
-    ApplicationCore,
     check_identifier,
     check_period,
 )
@@ -34,18 +34,19 @@ from billing_domain.usage import (
 )
 
 
-class PeriodCommands(ApplicationCore):
+class PeriodCommands(CustomerLookup):
     def close_period(
         self, customer_id: str, period: str, principal: Principal = SYSTEM
     ) -> dict[str, Any]:
         """Finalise a period and issue its invoice (revision 1); closing twice changes nothing."""
+        self._customer_in_path(customer_id)
         check_period(period)
         now = self.clock()
         if period_bounds(period)[1] > now:
             raise PeriodNotEnded(f"period {period} has not ended yet")
 
         def attempt() -> dict[str, Any]:
-            customer = self._customer(customer_id)
+            customer = self._customer_in_path(customer_id)
             pending: dict[UUID, Aggregate] = {}
             aggregate = self._period_for_write(customer_id, period, pending)
             subscribed = customer.plan_for(period)
@@ -104,7 +105,7 @@ class PeriodCommands(ApplicationCore):
 
     def invoice(self, customer_id: str, period: str, revision: int | None = None) -> dict[str, Any]:
         """An issued revision (the latest by default), or the draft of an open period."""
-        customer = self._customer(customer_id)
+        customer = self._customer_in_path(customer_id)
         aggregate = self.billing_period(customer_id, period)
         base = {
             "invoice_id": invoice_id(customer_id, period),

@@ -9,8 +9,8 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
+from billing_domain.catalogue import CustomerLookup
 from billing_domain.core import (
-    ApplicationCore,
     _hash_json,
     check_identifier,
 )
@@ -34,7 +34,7 @@ from billing_domain.usage import (
 )
 
 
-class CorrectionCommands(ApplicationCore):
+class CorrectionCommands(CustomerLookup):
     def recorded_usage(self, customer_id: str, event_id: str) -> tuple[KeyRow, list[Any]]:
         """The key row and the stored record [event_id, customer, meter, qty, occurred, props]."""
         row = self.key_store.select_keys("usage", [(customer_id, event_id)]).get(
@@ -205,7 +205,7 @@ class CorrectionCommands(ApplicationCore):
             done = self._idempotent("adjustment", customer_id, adjustment_id, digest)
             if done is not None:
                 return self._correction_view("adjustment", adjustment_id, done, "duplicate")
-            billed = self._billed_customer(self._customer(customer_id), occurred_at)
+            billed = self._billed_customer(self._customer_in_path(customer_id), occurred_at)
             period_name = period_of(occurred_at)
             charge = self._charge_for(billed, period_name, meter)
             pending: dict[UUID, Aggregate] = {}

@@ -84,6 +84,18 @@ class UnknownEmitter(NotFound):
     field = "emitter"
 
 
+# Named by a request's path, an unknown customer or plan is a resource that is not there (404);
+# named in a body it is bad input (422). Each is still its Unknown* kind for callers that ask.
+class CustomerNotFound(NotFound, UnknownCustomer):
+    code = "unknown_customer"
+    field = "customer_id"
+
+
+class PlanNotFound(NotFound, UnknownPlan):
+    code = "unknown_plan"
+    field = "plan_id"
+
+
 class Conflict(BillingError):
     code = "conflict"
 
