@@ -101,6 +101,10 @@ class Settings:
                 APPLICATION_RECORDER_TOPIC="adapters.sqlite:SQLiteBillingRecorder",
             )
             return env
+        if url.scheme == "memory":
+            # No database: the unit tests' store (adapters.memory); nothing outlives the process.
+            env.update(PERSISTENCE_MODULE="adapters.memory:MemoryBillingFactory")
+            return env
         if url.scheme in ("postgresql", "postgres"):
             query = parse_qs(url.query)
             env.update(
