@@ -9,12 +9,14 @@ from typing import Any
 
 from eventsourcing.persistence import IntegrityError
 
+from billing_domain.bounds import MAX_GRANT_METERS, WILDCARD, check_id_or_wildcard
 from billing_domain.core import (
     ApplicationCore,
     check_identifier,
 )
 from billing_domain.errors import (
     EmitterExists,
+    EmitterNotRegistered,
     InvalidInput,
     NotAuthenticated,
     NotFound,
@@ -69,7 +71,7 @@ class AccessCommands(ApplicationCore):
             if not emitter_id:
                 raise InvalidInput("an emitter key names its emitter", field="emitter_id")
             if self._find(emitter_uuid(emitter_id), Emitter) is None:
-                raise UnknownEmitter(f"no emitter {emitter_id!r}", field="emitter_id")
+                raise EmitterNotRegistered(f"no emitter {emitter_id!r}")
         elif emitter_id is not None:
             raise InvalidInput("only emitter keys belong to an emitter", field="emitter_id")
         key_id = secrets.token_hex(8)
@@ -132,10 +134,15 @@ class AccessCommands(ApplicationCore):
         principal: Principal = SYSTEM,
     ) -> dict[str, Any]:
         """Allow an emitter to ingest for a customer (or '*') and meters within a window."""
-        if customer_id != "*":
+        check_id_or_wildcard(customer_id, "customer_id")
+        if customer_id != WILDCARD:
             self._customer(customer_id)
-        if not meters or not all(isinstance(m, str) and m for m in meters):
+        if not isinstance(meters, list) or not meters:
             raise InvalidInput("needs at least one meter name, or '*'", field="meters")
+        if len(meters) > MAX_GRANT_METERS:
+            raise InvalidInput(f"at most {MAX_GRANT_METERS} meters per grant", field="meters")
+        for index, meter in enumerate(meters):
+            check_id_or_wildcard(meter, f"meters[{index}]")
         for name, value in (("valid_from", valid_from), ("valid_until", valid_until)):
             if value is not None and value.tzinfo is None:
                 raise InvalidInput("must have a UTC offset", field=name)

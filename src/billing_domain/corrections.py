@@ -9,6 +9,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
+from billing_domain.bounds import bounded_decimal
 from billing_domain.catalogue import CustomerLookup
 from billing_domain.core import (
     _hash_json,
@@ -72,8 +73,12 @@ class CorrectionCommands(CustomerLookup):
         """Reverse all or part of a recorded usage event, as a new event."""
         check_identifier(compensation_id, "compensation_id")
         check_identifier(reason, "reason", max_length=1000)
-        if quantity is not None and (not quantity.is_finite() or quantity <= 0):
-            raise InvalidInput("must be a positive decimal number", field="quantity")
+        if quantity is not None:
+            if not isinstance(quantity, Decimal):
+                raise InvalidInput("must be a decimal number", field="quantity")
+            quantity = bounded_decimal(quantity, "quantity")
+            if quantity <= 0:
+                raise InvalidInput("must be a positive decimal number", field="quantity")
         digest = _hash_json(event_id, None if quantity is None else decimal_text(quantity), reason)
         now = self.clock()
 
@@ -195,8 +200,9 @@ class CorrectionCommands(CustomerLookup):
         check_identifier(adjustment_id, "adjustment_id")
         check_identifier(meter, "meter")
         check_identifier(reason, "reason", max_length=1000)
-        if not isinstance(quantity, Decimal) or not quantity.is_finite():
+        if not isinstance(quantity, Decimal):
             raise InvalidInput("must be a decimal number", field="quantity")
+        quantity = bounded_decimal(quantity, "quantity")
         now = self.clock()
         self._check_time(occurred_at, now)
         digest = _hash_json(meter, decimal_text(quantity), iso(occurred_at), reason)

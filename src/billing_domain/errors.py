@@ -84,6 +84,13 @@ class UnknownEmitter(NotFound):
     field = "emitter"
 
 
+class EmitterNotRegistered(InvalidInput):
+    """An emitter named in a request body (not its path) that was never registered."""
+
+    code = "unknown_emitter"
+    field = "emitter_id"
+
+
 # Named by a request's path, an unknown customer or plan is a resource that is not there (404);
 # named in a body it is bad input (422). Each is still its Unknown* kind for callers that ask.
 class CustomerNotFound(NotFound, UnknownCustomer):
