@@ -26,8 +26,10 @@ class Services:
 
     def start_background(self) -> None:
         """Keep projections current in this process, unless a separate worker runs them;
-        write counted refusals to the audit log every window."""
+        write counted refusals to the audit log every window; follow the log for key and
+        grant changes (the authentication cache)."""
         self.app.refusals.start()
+        self.app.key_cache.start()
         if self.read_models is not None:
             self.read_models.start_background()
 
@@ -55,7 +57,7 @@ def build(
         settings=settings,
         app=app,
         read_models=read_models,
-        closers=[app.refusals.close, read_models.close],
+        closers=[app.refusals.close, app.close_key_cache, read_models.close],
         throttle=FailureThrottle(failures_per_minute),
     )
 

@@ -113,14 +113,28 @@ def _stop_deadline() -> None:
     os._exit(1)
 
 
+def _default_workers() -> int:
+    return max(os.cpu_count() or 1, 1)
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def serve(host: str, port: int) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="API processes on the port (default: the number of cores). With more than one, the "
+    "read models are kept current by one supervised `billing projections run` child; "
+    "1 serves and projects in this process.",
+)
+def serve(host: str, port: int, workers: int | None) -> None:
     """Run the HTTP API (BILLING_DATABASE_URL, BILLING_ADMIN_KEY)."""
     from api.http.app import create_app
 
+    workers = workers or _default_workers()
     sock = _listening_socket(host, port)
+    services: Services | None
     try:
         services = _services()
     except BaseException:
@@ -135,8 +149,18 @@ def serve(host: str, port: int) -> None:
             )
         console.print(
             f"billing on http://{host}:{port}  (OpenAPI: /schema, store: "
-            f"{'PostgreSQL' if services.settings.is_postgres else 'SQLite'})"
+            f"{'PostgreSQL' if services.settings.is_postgres else 'SQLite'}, "
+            f"{workers} worker{'s' if workers > 1 else ''})"
         )
+        if workers > 1:
+            # The workers build their own services; this process only supervises.
+            external = services.read_models.external_worker
+            services.close()
+            services = None
+            from api.supervisor import run_workers
+
+            run_workers(sock, workers, external_projections=external)
+            return
         config = uvicorn.Config(
             create_app(services),
             log_level="warning",
@@ -145,7 +169,8 @@ def serve(host: str, port: int) -> None:
         _Server(config).run(sockets=[sock])
     finally:
         sock.close()
-        services.close()
+        if services is not None:
+            services.close()
 
 
 @click.group()

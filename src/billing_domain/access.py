@@ -6,8 +6,10 @@ import re
 import secrets
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.application import ProcessingEvent
+from eventsourcing.persistence import IntegrityError, Recording
 
 from billing_domain.bounds import MAX_GRANT_METERS, WILDCARD, check_id_or_wildcard
 from billing_domain.core import (
@@ -37,14 +39,55 @@ from billing_domain.ids import (
     emitter_uuid,
     key_uuid,
 )
+from billing_domain.key_cache import KeyCache, event_topics
 from billing_domain.usage import (
     iso,
 )
 
 _NO_KEY_HASH = hash_secret(secrets.token_urlsafe(32))
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
 
 
 class AccessCommands(ApplicationCore):
+    _key_cache: KeyCache | None = None
+
+    @property
+    def key_cache(self) -> KeyCache:
+        """Keys and grants as authentication reads them, kept in this process and invalidated
+        from the log (billing_domain.key_cache)."""
+        if self._key_cache is None:
+            self._key_cache = KeyCache(self.recorder, event_topics(Key, Emitter))
+        return self._key_cache
+
+    def close_key_cache(self) -> None:
+        if self._key_cache is not None:
+            self._key_cache.close()
+
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        recordings = super()._record(processing_event)
+        # This process's own key and grant changes take effect before it answers.
+        if self._key_cache is not None:
+            changed = [
+                aggregate_id
+                for aggregate_id, aggregate in processing_event.aggregates.items()
+                if isinstance(aggregate, (Key, Emitter))
+            ]
+            if changed:
+                self._key_cache.evict(changed)
+        return recordings
+
+    def _cached_key(self, aggregate_id: UUID) -> Key | None:
+        key: Key | None = self.key_cache.get(aggregate_id, lambda i: self._find(i, Key))
+        return key
+
+    def _cached_grants(self, emitter_id: str) -> tuple[Grant, ...]:
+        def load(aggregate_id: UUID) -> tuple[Grant, ...]:
+            emitter = self._find(aggregate_id, Emitter)
+            return emitter.active_grants() if emitter is not None else ()
+
+        grants: tuple[Grant, ...] = self.key_cache.get(emitter_uuid(emitter_id), load)
+        return grants
+
     def register_emitter(
         self, emitter_id: str, name: str, principal: Principal = SYSTEM
     ) -> Emitter:
@@ -105,14 +148,17 @@ class AccessCommands(ApplicationCore):
         return self._retry(attempt)
 
     def authenticate(self, token: str) -> Principal:
-        """The principal a bearer key stands for; any doubt is NotAuthenticated."""
+        """The principal a bearer key stands for; any doubt is NotAuthenticated.
+
+        Keys and grants come from this process's cache (no store round trip once a key has
+        been seen); a revocation anywhere reaches every process within a second."""
         admin_key = self.settings.admin_key
         if admin_key and secrets.compare_digest(hash_secret(token), hash_secret(admin_key)):
             return Principal(emitter="bootstrap-admin", key_id="bootstrap", role="admin")
         parts = token.split("_", 2)
-        if len(parts) != 3 or parts[0] != "bk" or not re.fullmatch(r"[0-9a-f]{16}", parts[1]):
+        if len(parts) != 3 or parts[0] != "bk" or not _KEY_ID.fullmatch(parts[1]):
             raise NotAuthenticated("malformed key")
-        key = self._find(key_uuid(parts[1]), Key)
+        key = self._cached_key(key_uuid(parts[1]))
         # An unknown key id costs the same hash comparison as a known one.
         if not secrets_match(parts[2], key.key_hash if key else _NO_KEY_HASH) or key is None:
             raise NotAuthenticated("unknown key")
@@ -120,8 +166,7 @@ class AccessCommands(ApplicationCore):
             raise NotAuthenticated("revoked key")
         grants: tuple[Grant, ...] = ()
         if key.emitter_id is not None:
-            emitter = self._find(emitter_uuid(key.emitter_id), Emitter)
-            grants = emitter.active_grants() if emitter is not None else ()
+            grants = self._cached_grants(key.emitter_id)
         return Principal(key.holder, key.key_id, key.role, grants)
 
     def grant(
