@@ -20,7 +20,6 @@ from billing_domain.errors import Conflict, UnknownInvoice, UnknownUsageEvent
 from billing_domain.merkle import (
     MERKLE_SCHEME,
     SUM_SCHEME,
-    append,
     audit_path,
     leaf_hash,
     root,
@@ -111,6 +110,17 @@ def adjustment_hash(
     )
 
 
+def stored_payload_hash(record: list[Any]) -> str:
+    """The idempotency payload hash of a stored usage record taken from its stored texts as
+    they are: equal to `record_payload_hash` when the record holds the canonical quantity and
+    time the ingest writes (a record whose texts are not canonical needs the slow form)."""
+    event_id, customer_id, meter, quantity, occurred_at, properties = record
+    canonical = "\x1f".join(
+        (customer_id, event_id, meter, quantity, occurred_at, _part(properties))
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def record_payload_hash(record: list[Any]) -> str:
     """The idempotency payload hash of a stored usage record, as the ingest computed it."""
     event_id, customer_id, meter, quantity, occurred_at, properties = record
@@ -189,17 +199,26 @@ class Leaf:
 
 @dataclass
 class PeriodLedger:
-    """One billing period's billed totals and lineage digest, from its stored events."""
+    """One billing period's billed totals and lineage digest, from its stored events.
+
+    This is the deliberately independent re-computation the reconciliation needs: it reads
+    the events' decoded JSON, keeps its own totals, net quantities and lineage tree, and
+    shares neither the aggregate's fold nor the projections' (nor any reducer of theirs),
+    only the pure arithmetic of `usage` and `pricing`. Were it to share their fold, a defect
+    in that fold would agree with itself and the reconciliation could not see it.
+    Per record it keeps the net quantity's text (and any properties) a compensation needs.
+    """
 
     originator_id: UUID
     customer_id: str
     period: str
     billed: dict[str, dict[str, Any]] = field(default_factory=dict)
     carried_in: dict[tuple[str, str], dict[str, Decimal]] = field(default_factory=dict)
-    net: dict[str, tuple[Decimal, dict[str, Any]]] = field(default_factory=dict)
+    # event id: its quantity's text, or (quantity or text, properties)
+    net: dict[str, Any] = field(default_factory=dict)
     carried_ids: set[str] = field(default_factory=set)
     accumulator: int = 0
-    peaks: list[str] = field(default_factory=list)
+    nodes: list[bytes] = field(default_factory=list)  # the tree's compact range
     items: int = 0
     records: int = 0
     revisions: list[Revision] = field(default_factory=list)
@@ -208,6 +227,10 @@ class PeriodLedger:
     last_version: int = 0
     keep_records: bool = True
     leaves: list[Leaf] | None = None  # kept only when inclusion proofs are wanted
+
+    @property
+    def peaks(self) -> list[str]:
+        return [node.hex() for node in self.nodes]
 
     @property
     def lineage_digest(self) -> str:
@@ -225,11 +248,28 @@ class PeriodLedger:
         return "closed" if self.revisions else "open"
 
     def _accumulate(self, value: int, kind: str, ident: str) -> None:
+        """Add one item to the sum and to the tree (RFC 6962 leaf and node prefixes), merging
+        the perfect subtrees its arrival completes."""
         self.accumulator = (self.accumulator + value) % DIGEST_MODULUS
-        append(self.peaks, self.items, value)
+        sha256, nodes, count = hashlib.sha256, self.nodes, self.items
+        node = sha256(b"\x00" + value.to_bytes(32, "big")).digest()
+        while count & 1:
+            node = sha256(b"\x01" + nodes.pop() + node).digest()
+            count >>= 1
+        nodes.append(node)
         self.items += 1
         if self.leaves is not None:
             self.leaves.append(Leaf(kind, ident, value))
+
+    def net_of(self, event_id: str, default: tuple[Decimal, Any]) -> tuple[Decimal, Any]:
+        """A record's net quantity and properties, as stored and compensated so far."""
+        kept = self.net.get(event_id)
+        if kept is None:
+            return default
+        if isinstance(kept, str):
+            return Decimal(kept), {}
+        quantity, properties = kept
+        return (quantity if isinstance(quantity, Decimal) else Decimal(quantity)), properties
 
     def _meter(self, meter: str, aggregation: str, field_name: str | None) -> dict[str, Any]:
         if meter not in self.billed:
@@ -246,17 +286,18 @@ class PeriodLedger:
     def _on_UsageRecorded(self, s: dict[str, Any], version: int, position: int) -> None:
         billed = s["treatment"] != CARRIED_FORWARD
         received, emitter, key_id = s["received_at"], s["emitter"], s["key_id"]
-        hashes = usage_hashes(s["records"], received, emitter, key_id) if billed else None
-        for record in s["records"]:
+        records, meters, net = s["records"], s["meters"], self.net
+        hashes = usage_hashes(records, received, emitter, key_id) if billed else None
+        for record in records:
             event_id, submitted, meter, quantity_text, occurred, properties = record
             quantity = Decimal(quantity_text)
             if billed:
-                totals = self._meter(meter, *s["meters"][meter])
+                totals = self.billed.get(meter) or self._meter(meter, *meters[meter])
                 add_record(totals, quantity, tracked_value(totals, quantity, properties))
                 self._accumulate(next(hashes), "usage", event_id)  # type: ignore[arg-type]
             else:
                 self.carried_ids.add(event_id)
-            self.net[event_id] = (quantity, properties)
+            net[event_id] = (quantity_text, properties) if properties else quantity_text
             if self.keep_records:
                 self.usage.append(
                     UsageSeen(
@@ -272,7 +313,7 @@ class PeriodLedger:
                         billed,
                     )
                 )
-        self.records += len(s["records"])
+        self.records += len(records)
 
     def _on_LateUsageCarriedForward(self, s: dict[str, Any], version: int, position: int) -> None:
         entry = self.carried_in.setdefault(
@@ -285,7 +326,7 @@ class PeriodLedger:
 
     def _on_UsageCompensated(self, s: dict[str, Any], version: int, position: int) -> None:
         event_id, quantity = s["event_id"], s["quantity"]
-        net_before, properties = self.net.get(event_id, (s["original_quantity"], s["properties"]))
+        net_before, properties = self.net_of(event_id, (s["original_quantity"], s["properties"]))
         self.net[event_id] = (net_before - quantity, properties)
         if (
             s["treatment"] != CARRIED_FORWARD
