@@ -7,6 +7,9 @@ models up. Then it times `reconcile` for 2026-10 and `verify` on the clean store
 (`tests/defects.py`), each in another customer's period, timing the reconciliation after each
 and printing what it named. Defects accumulate; each step lists only the new findings.
 
+A clean reconciliation also runs alone in a fresh process, so that its own peak RSS is
+reported (the main process's peak includes the fill).
+
     python -m benchmarks.reconcile_scale [--store sqlite|postgres|both] [--records 100000]
 """
 
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,7 +26,14 @@ from decimal import Decimal
 from typing import Any
 
 from api.bootstrap import Services, build
-from benchmarks.common import log, median_of, peak_rss_self_kib, print_report, scratch_store
+from benchmarks.common import (
+    REPO_ROOT,
+    log,
+    median_of,
+    peak_rss_self_kib,
+    print_report,
+    scratch_store,
+)
 from billing_domain.settings import Settings
 from billing_domain.usage import UsageInput
 from projections.reconciliation import reconcile, verify
@@ -97,6 +109,41 @@ def read_log(services: Services) -> float:
             break
         start = page[-1].id + 1
     return time.perf_counter() - began
+
+
+def reconcile_alone(url: str) -> dict[str, Any]:
+    """Reconcile the period in a fresh process: its seconds and its own peak RSS."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.reconcile_scale", "--reconcile-only", url],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def _reconcile_only(url: str) -> None:
+    services = build(Settings(database_url=url), clock=lambda: NOW)
+    try:
+        report = reconcile(services, PERIOD)
+    finally:
+        services.close()
+    assert report["ok"], report["findings"]
+    print(
+        json.dumps(
+            {
+                "seconds": report["seconds"],
+                "records": report["checked"]["records"],
+                "peak_rss_mib": round(peak_rss_self_kib() / 1024, 1),
+                "cpu_seconds": round(time.process_time(), 3),
+            }
+        )
+    )
+
+
+def _rate(records: Any, seconds: Any) -> int | None:
+    return round(records / seconds) if records and seconds else None
 
 
 def defect_steps(settings: Settings) -> list[tuple[str, Callable[[], Any]]]:
@@ -221,6 +268,20 @@ def run_store(store: str, records: int, customers: int, runs: int) -> list[dict[
                     "new": "-",
                 }
             )
+            alone = reconcile_alone(url)
+            rows.append(
+                {
+                    "store": store,
+                    "step": "clean, alone in a fresh process",
+                    "seconds": alone["seconds"],
+                    "records": alone["records"],
+                    "stored_events": None,
+                    "ok": True,
+                    "findings": 0,
+                    "new": f"peak RSS {alone['peak_rss_mib']} MiB, "
+                    f"{alone['cpu_seconds']} s CPU in all",
+                }
+            )
             checked = [verify(services.app) for _ in range(runs)]
             rows.append(
                 {
@@ -269,6 +330,8 @@ def run_store(store: str, records: int, customers: int, runs: int) -> list[dict[
                     or "-",
                 }
             )
+            for row in rows:
+                row["records/s"] = _rate(row["records"], row["seconds"])
             return rows
         finally:
             services.close()
@@ -281,7 +344,11 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--reconcile-only", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reconcile_only:
+        _reconcile_only(args.reconcile_only)
+        return
     stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
     rows = [
         row for store in stores for row in run_store(store, args.records, args.customers, args.runs)
