@@ -23,6 +23,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from pydantic import ValidationError
 
 from api.bootstrap import Services
+from api.console import ConsolePlugin
 from api.http import schemas as s
 from api.http.auth import principal, principal_async
 from api.http.errors import HANDLERS, pydantic_items
@@ -861,4 +862,5 @@ def create_app(services: Services, *, background: bool = True) -> Litestar:
             render_plugins=[SwaggerRenderPlugin()],
         ),
         debug=False,
+        plugins=[ConsolePlugin()],
     )

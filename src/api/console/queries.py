@@ -1,0 +1,296 @@
+"""Console reads the read models' public methods do not offer: paged, sorted and searched
+lists over the live versions' tables (customers, invoices, audit entries). Read-only.
+
+Table names come from the live version of each projection at the time of the query, so a
+rebuild switching reads moves these queries with it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from api.bootstrap import Services
+from billing_domain.ids import plan_uuid
+from projections.store import Cursor
+
+NAMED_ACTIONS = ("customer.opened", "customer.renamed")
+POLICY_ACTIONS = ("customer.opened", "customer.policy_changed")
+
+
+def live_table(services: Services, name: str, table: str) -> str:
+    runner = services.read_models.runner
+    return str(runner.projection(runner.live(name)).t(table))
+
+
+def _json_text(cur: Cursor, column: str, key: str) -> str:
+    if cur.postgres:
+        return f"(CAST({column} AS jsonb) ->> '{key}')"
+    return f"json_extract({column}, '$.{key}')"
+
+
+def _latest_detail_cte(cur: Cursor, entries: str, actions: tuple[str, ...], key: str) -> str:
+    """customer_id -> the newest `key` of the customer's audit entries of these actions."""
+    value = _json_text(cur, "e.detail", key)
+    listed = ", ".join(f"'{a}'" for a in actions)
+    return (
+        f"SELECT customer_id, v FROM (SELECT substr(e.subject, 10) AS customer_id, "
+        f"{value} AS v, ROW_NUMBER() OVER (PARTITION BY e.subject ORDER BY e.position DESC) "
+        f"AS rn FROM {entries} e WHERE e.action IN ({listed}) "
+        "AND substr(e.subject, 1, 9) = 'customer:' "
+        f"AND {value} IS NOT NULL) ranked WHERE rn = 1"
+    )
+
+
+def _escaped(text: str) -> str:
+    """Text matched literally by LIKE ... ESCAPE '\\'."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _numeric(expression: str) -> str:
+    return f"CAST({expression} AS NUMERIC)"
+
+
+@dataclass
+class Tables:
+    customers: str
+    invoices: str
+    deltas: str
+    balances: str
+    plans: str
+    entries: str
+
+    @staticmethod
+    def of(services: Services) -> Tables:
+        return Tables(
+            customers=live_table(services, "invoices", "customers"),
+            invoices=live_table(services, "invoices", "invoices"),
+            deltas=live_table(services, "invoices", "deltas"),
+            balances=live_table(services, "invoices", "balances"),
+            plans=live_table(services, "invoices", "plans"),
+            entries=live_table(services, "audit", "entries"),
+        )
+
+
+OVERVIEW_SORTS = ("customer", "name", "currency", "amount", "last_event")
+
+
+def meters(services: Services) -> list[str]:
+    """Every meter a published plan charges, in name order (the overview's usage columns)."""
+    found: set[str] = set()
+    plans = live_table(services, "invoices", "plans")
+    with services.read_models.store.read() as cur:
+        for row in cur.all(f"SELECT charges FROM {plans}"):
+            found.update(c["meter"] for c in json.loads(row["charges"]))
+    return sorted(found)
+
+
+def overview(
+    services: Services,
+    period: str,
+    *,
+    search: str | None,
+    sort: str,
+    descending: bool,
+    offset: int,
+    limit: int,
+    as_of: str | None,
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of customers with the period's draft (or latest) invoice row, their name and
+    last event time; and how many customers match the search."""
+    t = Tables.of(services)
+    with services.read_models.store.read() as cur:
+        names = _latest_detail_cte(cur, t.entries, NAMED_ACTIONS, "name")
+        seen = "d.received_at <= ?" if as_of else "1 = 1"
+        base = (
+            f"FROM {t.customers} c LEFT JOIN ({names}) n ON n.customer_id = c.customer_id "
+            f"LEFT JOIN {t.invoices} i ON i.customer_id = c.customer_id AND i.period = ? "
+            f"AND i.revision = (SELECT MAX(x.revision) FROM {t.invoices} x WHERE "
+            f"x.customer_id = c.customer_id AND x.period = ?) "
+        )
+        params: list[Any] = [period, period]
+        meter_sort = sort.startswith("meter:")
+        if meter_sort:
+            base += (
+                f"LEFT JOIN {t.balances} b ON b.customer_id = c.customer_id AND b.period = ? "
+                "AND b.meter = ? "
+            )
+            params += [period, sort[len("meter:") :]]
+        where = ""
+        if search:
+            where = (
+                "WHERE (LOWER(c.customer_id) LIKE ? ESCAPE '\\' OR LOWER(n.v) LIKE ? ESCAPE '\\') "
+            )
+            pattern = "%" + _escaped(search.lower()) + "%"
+            params += [pattern, pattern]
+        count = cur.one(f"SELECT COUNT(*) AS n {base}{where}", params)
+        last_event = (
+            f"(SELECT MAX(d.received_at) FROM {t.deltas} d WHERE "
+            f"d.customer_id = c.customer_id AND d.period = ? AND {seen})"
+        )
+        last_params: list[Any] = [period, *([as_of] if as_of else [])]
+        key = {
+            "customer": "c.customer_id",
+            "name": "LOWER(n.v)",
+            "currency": "c.currency",
+            "amount": _numeric("i.total"),
+            "last_event": last_event,
+        }.get(sort)
+        order_params: list[Any] = []
+        if meter_sort:
+            key = (
+                f"CASE b.aggregation WHEN 'count' THEN {_numeric('b.count')} "
+                f"ELSE {_numeric('b.sum')} END + {_numeric('b.adjustment')}"
+            )
+        elif key is None:
+            key = "c.customer_id"
+        elif sort == "last_event":
+            order_params = last_params
+        direction = "DESC" if descending else "ASC"
+        rows = cur.all(
+            f"SELECT c.customer_id, c.currency, c.subscriptions, n.v AS name, i.invoice_id, "
+            f"i.revision, i.status, i.total, i.lines, {last_event} AS last_event {base}{where}"
+            f"ORDER BY ({key}) IS NULL, {key} {direction}, c.customer_id {direction} "
+            "LIMIT ? OFFSET ?",
+            [*last_params, *params, *order_params, *order_params, limit, offset],
+        )
+    return rows, int(count["n"]) if count else 0
+
+
+def customer(services: Services, customer_id: str) -> dict[str, Any] | None:
+    """The customer as the read models hold it: currency, subscriptions (with each plan
+    version's charges), and from the audit view its name and late-usage policy."""
+    t = Tables.of(services)
+    with services.read_models.store.read() as cur:
+        row = cur.one(f"SELECT * FROM {t.customers} WHERE customer_id = ?", [customer_id])
+        if row is None:
+            return None
+        name = cur.one(
+            f"SELECT v FROM ({_latest_detail_cte(cur, t.entries, NAMED_ACTIONS, 'name')}) q "
+            "WHERE customer_id = ?",
+            [customer_id],
+        )
+        policies = _latest_detail_cte(cur, t.entries, POLICY_ACTIONS, "late_usage_policy")
+        policy = cur.one(
+            f"SELECT v FROM ({policies}) q WHERE customer_id = ?",
+            [customer_id],
+        )
+        subscriptions = json.loads(row["subscriptions"])
+        for sub in subscriptions:
+            plan = cur.one(
+                f"SELECT currency, charges FROM {t.plans} WHERE plan_id = ? AND version = ?",
+                [plan_uuid(sub["plan_id"]).hex, sub["plan_version"]],
+            )
+            sub["charges"] = json.loads(plan["charges"]) if plan else []
+    return {
+        "customer_id": row["customer_id"],
+        "currency": row["currency"],
+        "name": name["v"] if name else None,
+        "late_usage_policy": policy["v"] if policy else None,
+        "subscriptions": subscriptions,
+    }
+
+
+INVOICE_SORTS = ("customer", "period", "revision", "status", "total", "issued_at")
+STATUSES = ("draft", "issued", "superseded")
+
+
+def invoices(
+    services: Services,
+    *,
+    customer_id: str | None,
+    period: str | None,
+    status: str | None,
+    sort: str,
+    descending: bool,
+    offset: int,
+    limit: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of invoices: each invoice's latest revision, or with `status` the revisions in
+    that status (so `superseded` lists the revisions a later one replaced)."""
+    t = Tables.of(services)
+    where, params = ["1 = 1"], list[Any]()
+    if customer_id:
+        where.append("i.customer_id = ?")
+        params.append(customer_id)
+    if period:
+        where.append("i.period = ?")
+        params.append(period)
+    if status:
+        where.append("i.status = ?")
+        params.append(status)
+    else:
+        where.append(
+            f"i.revision = (SELECT MAX(x.revision) FROM {t.invoices} x WHERE "
+            "x.invoice_id = i.invoice_id)"
+        )
+    key = {
+        "customer": "i.customer_id",
+        "period": "i.period",
+        "revision": "i.revision",
+        "status": "i.status",
+        "total": _numeric("i.total"),
+        "issued_at": "i.issued_at",
+    }.get(sort, "i.customer_id")
+    direction = "DESC" if descending else "ASC"
+    sql_where = " AND ".join(where)
+    with services.read_models.store.read() as cur:
+        count = cur.one(f"SELECT COUNT(*) AS n FROM {t.invoices} i WHERE {sql_where}", params)
+        rows = cur.all(
+            f"SELECT i.invoice_id, i.customer_id, i.period, i.revision, i.status, i.total, "
+            f"i.currency, i.issued_at FROM {t.invoices} i WHERE {sql_where} "
+            f"ORDER BY ({key}) IS NULL, {key} {direction}, i.customer_id, i.period, i.revision "
+            "LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+    return [{**r, "revision": int(r["revision"])} for r in rows], int(count["n"]) if count else 0
+
+
+def audit(
+    services: Services,
+    *,
+    actor: str | None,
+    action: str | None,
+    since: str | None,
+    until: str | None,
+    before: int | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Audit entries newest first, filtered; the position to page on from, if more."""
+    t = Tables.of(services)
+    where, params = ["1 = 1"], list[Any]()
+    if actor:
+        where.append("(actor = ? OR emitter = ? OR key_id = ?)")
+        params += [actor, actor, actor]
+    if action:
+        if action.endswith(".*"):
+            where.append("action LIKE ?")
+            params.append(action[:-1] + "%")
+        else:
+            where.append("action = ?")
+            params.append(action)
+    if since:
+        where.append("at >= ?")
+        params.append(since)
+    if until:
+        where.append("at <= ?")
+        params.append(until)
+    if before is not None:
+        where.append("position < ?")
+        params.append(before)
+    with services.read_models.store.read() as cur:
+        rows = cur.all(
+            f"SELECT * FROM {t.entries} WHERE {' AND '.join(where)} ORDER BY position DESC LIMIT ?",
+            [*params, limit + 1],
+        )
+    items = [{**r, "position": int(r["position"]), "detail": json.loads(r["detail"])} for r in rows]
+    more = items[limit - 1]["position"] if len(items) > limit else None
+    return items[:limit], more
+
+
+def audit_actions(services: Services) -> list[str]:
+    entries = live_table(services, "audit", "entries")
+    with services.read_models.store.read() as cur:
+        rows = cur.all(f"SELECT DISTINCT action FROM {entries}")
+    return sorted(r["action"] for r in rows)
