@@ -336,8 +336,9 @@ def test_keys_are_checked_against_their_emitter(app):
     with pytest.raises(errors.InvalidInput) as refused:
         app.create_key("emitter", "no emitter")
     assert refused.value.field == "emitter_id"
-    with pytest.raises(errors.UnknownEmitter):
+    with pytest.raises(errors.EmitterNotRegistered) as refused:
         app.create_key("emitter", "ghost", "ghost-service")
+    assert refused.value.field == "emitter_id"
     with pytest.raises(errors.InvalidInput) as refused:
         app.create_key("superuser", "x")
     assert refused.value.field == "role"
