@@ -2,8 +2,7 @@
 
 import decimal
 
-# Sums of quantities must not round: 28 significant digits (the default) is not enough for
-# exact decimal strings of arbitrary length. Threads copy DefaultContext when they start.
-PRECISION = 80
+from billing_domain.numbers import PRECISION
+
 decimal.DefaultContext.prec = PRECISION
 decimal.getcontext().prec = PRECISION

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -22,10 +21,8 @@ from billing_domain.identity import (
     SYSTEM,
     Principal,
 )
-from billing_domain.ids import (
-    invoice_id,
-    period_uuid,
-)
+from billing_domain.ids import period_uuid
+from billing_domain.invoicing import draft_view, issued_view
 from billing_domain.period import BillingPeriod
 from billing_domain.usage import (
     iso,
@@ -107,41 +104,18 @@ class PeriodCommands(CustomerLookup):
         """An issued revision (the latest by default), or the draft of an open period."""
         customer = self._customer_in_path(customer_id)
         aggregate = self.billing_period(customer_id, period)
-        base = {
-            "invoice_id": invoice_id(customer_id, period),
-            "customer_id": customer_id,
-            "period": period,
-            "currency": customer.currency,
-        }
         if aggregate is not None and aggregate.revisions:
             number = revision or aggregate.revision
             issued = aggregate.revisions[number - 1]
             status = "issued" if number == aggregate.revision else "superseded"
-            return {
-                **base,
-                "revision": number,
-                "status": status,
-                "currency": issued["currency"],
-                "lines": issued["lines"],
-                "total": issued["total"],
-                "lineage_digest": issued["lineage_digest"],
-                "plan_id": issued["plan_id"],
-                "plan_version": issued["plan_version"],
-                "issued_at": iso(issued["issued_at"]),
-            }
+            return issued_view(
+                customer_id, period, issued, status=status, issued_at=iso(issued["issued_at"])
+            )
         subscribed = customer.plan_for(period)
         charges = [c.to_dict() for c in self._plan_charges(*subscribed)] if subscribed else []
         if aggregate is None:
             aggregate = BillingPeriod(customer_id=customer_id, period=period)
         lines = aggregate.lines(charges, customer.currency)
-        return {
-            **base,
-            "revision": 1,
-            "status": "draft",
-            "lines": lines,
-            "total": str(sum((Decimal(line["amount"]) for line in lines), Decimal(0))),
-            "lineage_digest": aggregate.lineage_digest,
-            "plan_id": subscribed[0] if subscribed else None,
-            "plan_version": subscribed[1] if subscribed else None,
-            "issued_at": None,
-        }
+        return draft_view(
+            customer_id, period, customer.currency, lines, aggregate.lineage_digest, subscribed
+        )

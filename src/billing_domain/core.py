@@ -47,6 +47,7 @@ from billing_domain.period import BillingPeriod
 from billing_domain.plan import Plan
 from billing_domain.ports import KeyStore
 from billing_domain.pricing import Charge
+from billing_domain.reducer import Treatment, treatment_for
 from billing_domain.refusals import RefusalLog
 from billing_domain.settings import Settings
 from billing_domain.usage import (
@@ -269,11 +270,10 @@ class ApplicationCore(Application[UUID]):
             raise OccurredBeforeHorizon(f"is older than the backdating horizon of {days} days")
         return occurred_at
 
-    def _late_treatment(self, period: BillingPeriod) -> str:
+    def _late_treatment(self, period: BillingPeriod) -> Treatment:
         if not period.is_closed:
-            return "on_time"
-        policy = self._customer(period.customer_id).late_usage_policy
-        return "restated" if policy == "restate" else "carried_forward"
+            return Treatment.ON_TIME
+        return treatment_for(True, self._customer(period.customer_id).late_usage_policy)
 
     def _refusal_fact(
         self, principal: Principal, action: str, reason: str, detail: dict[str, Any], now: datetime

@@ -28,6 +28,7 @@ from billing_domain.identity import (
 )
 from billing_domain.period import BillingPeriod
 from billing_domain.ports import KeyRow
+from billing_domain.reducer import Treatment
 from billing_domain.usage import (
     decimal_text,
     iso,
@@ -165,9 +166,9 @@ class CorrectionCommands(CustomerLookup):
         pending: dict[UUID, Aggregate],
         reason: str,
     ) -> None:
-        if treatment == "restated":
+        if treatment == Treatment.RESTATED:
             period.restate(actor=principal.actor, restated_at=now, reason=reason)
-        elif treatment == "carried_forward":
+        elif treatment == Treatment.CARRIED_FORWARD:
             target = self._open_period_for_carry(period.customer_id, now, pending)
             for entry in entries:
                 target.carry_forward(**entry, received_at=iso(now))

@@ -9,8 +9,10 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from billing_domain.ids import customer_uuid
+from billing_domain.invoicing import plan_in_force
+from billing_domain.reducer import LatePolicy
 
-LATE_USAGE_POLICIES = ("carry_forward", "restate")
+LATE_USAGE_POLICIES = tuple(LatePolicy)
 
 
 class Customer(Aggregate):
@@ -25,7 +27,7 @@ class Customer(Aggregate):
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             """Version 1 had no late-usage policy: those accounts carried late usage forward."""
-            state["late_usage_policy"] = "carry_forward"
+            state["late_usage_policy"] = LatePolicy.CARRY_FORWARD.value
 
     @staticmethod
     def create_id(customer_id: str, **_: Any) -> UUID:
@@ -64,11 +66,7 @@ class Customer(Aggregate):
 
     def plan_for(self, period: str) -> tuple[str, int] | None:
         """The plan version in force for a period: the latest subscription starting by then."""
-        chosen: dict[str, Any] | None = None
-        for subscription in self.subscriptions:
-            if subscription["effective_from"] <= period:
-                chosen = subscription
-        return None if chosen is None else (chosen["plan_id"], chosen["plan_version"])
+        return plan_in_force(self.subscriptions, period)
 
     def billed_to(self, occurred_at: datetime) -> str | None:
         """The customer that a usage of this account is billed to, if it was merged away."""

@@ -42,6 +42,7 @@ from billing_domain.ids import (
 from billing_domain.period import BillingPeriod
 from billing_domain.ports import KeyRow
 from billing_domain.pricing import Charge
+from billing_domain.reducer import Treatment
 from billing_domain.usage import (
     UsageInput,
     UsageResult,
@@ -391,7 +392,7 @@ class IngestCommands(ApplicationCore):
                     for r in sent
                 ]
                 meters = {r.item.meter: [r.charge.aggregation, r.charge.field] for r in sent}
-                if treatment == "carried_forward":
+                if treatment == Treatment.CARRIED_FORWARD:
                     entries = period.record_late_carried(
                         received, sender.emitter, sender.key_id, meters, records
                     )
@@ -402,7 +403,7 @@ class IngestCommands(ApplicationCore):
                     period.record_usage(
                         received, sender.emitter, sender.key_id, treatment, meters, records
                     )
-                    if treatment == "restated":
+                    if treatment == Treatment.RESTATED:
                         restate[period.id] = (period, sender)
                 for r in sent:
                     keys.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -11,27 +12,47 @@ from eventsourcing.domain import Aggregate, event
 
 from billing_domain.errors import CompensationExceedsUsage
 from billing_domain.ids import period_uuid
-from billing_domain.invoicing import carried_lines, charge_amount, total_of, usage_lines
-from billing_domain.merkle import MERKLE_SCHEME, SUM_SCHEME, append, root
+from billing_domain.invoicing import invoice_lines, total_of
+from billing_domain.merkle import MERKLE_SCHEME, SUM_SCHEME, root
+from billing_domain.numbers import ZERO
 from billing_domain.pricing import parse_charges
-from billing_domain.usage import (
-    ZERO,
-    add_record,
-    aggregate_quantity,
-    compensate_record,
-    copy_totals,
-    digest_text,
-    new_totals,
-    tracked_value,
+from billing_domain.reducer import (
+    Treatment,
+    add_carried,
+    adjustment_delta,
+    carried_entries,
+    compensation_delta,
+    fold,
+    grow,
+    is_billed,
+    late_sources,
+    snapshot,
+    source_items,
+    usage_deltas,
 )
-from billing_domain.verification import (
-    adjustment_hash,
-    compensation_hash,
-    usage_hash,
-    usage_hashes,
+from billing_domain.usage import digest_text, new_totals
+from billing_domain.verification import adjustment_hash, compensation_hash, usage_hashes
+
+REVISION_FIELDS = (
+    "revision",
+    "plan_id",
+    "plan_version",
+    "currency",
+    "charges",
+    "lines",
+    "total",
+    "lineage_digest",
+    "lineage_scheme",
+    "items",
 )
 
-CARRIED_FORWARD = "carried_forward"
+
+def _shape(
+    known: dict[str, dict[str, Any]], meter: str, aggregation: str, field: str | None
+) -> tuple[str, str | None]:
+    """A meter keeps the aggregation it was first recorded with."""
+    totals = known.get(meter)
+    return (totals["aggregation"], totals["field"]) if totals else (aggregation, field)
 
 
 class BillingPeriod(Aggregate):
@@ -128,17 +149,11 @@ class BillingPeriod(Aggregate):
             return digest_text(self.digest_accumulator, self.items)
         return root(self.lineage_peaks)
 
-    def _accumulate(self, value: int) -> None:
+    def _accumulate(self, items: Iterable[int]) -> None:
         # The sum is kept for periods whose snapshot predates the tree (lineage_peaks None).
-        self.digest_accumulator = (self.digest_accumulator + value) % (1 << 256)
-        if self.lineage_peaks is not None:
-            append(self.lineage_peaks, self.items, value)
-        self.items += 1
-
-    def _ensure_meter(self, meter: str, aggregation: str, field: str | None) -> None:
-        if meter not in self.known:
-            self.known[meter] = new_totals(aggregation, field)
-            self.billed[meter] = new_totals(aggregation, field)
+        self.items, self.digest_accumulator = grow(
+            self.lineage_peaks, self.items, self.digest_accumulator, items
+        )
 
     # Usage ------------------------------------------------------------------------------
 
@@ -153,19 +168,16 @@ class BillingPeriod(Aggregate):
         records: list[list[Any]],
     ) -> None:
         """Records [event_id, submitted_customer_id, meter, quantity, occurred_at, properties]."""
-        billed = treatment != CARRIED_FORWARD
-        hashes = usage_hashes(records, received_at, emitter, key_id) if billed else None
-        for record in records:
-            event_id, _submitted, meter, quantity_text, _occurred, properties = record
-            quantity = Decimal(quantity_text)
-            self._ensure_meter(meter, *meters[meter])
-            value = tracked_value(self.known[meter], quantity, properties)
-            add_record(self.known[meter], quantity, value)
-            if billed:
-                add_record(self.billed[meter], quantity, value)
-                self._accumulate(next(hashes))  # type: ignore[arg-type]
-            else:
-                self.carried_ids[event_id] = True
+        deltas = usage_deltas(records, meters, self.known)
+        fold(self.known, deltas)
+        if is_billed(treatment):
+            fold(self.billed, deltas)
+            self._accumulate(usage_hashes(records, received_at, emitter, key_id))
+        else:
+            for record in records:
+                self.carried_ids[record[0]] = True
+        for meter, delta in deltas.items():  # a meter is known to both once recorded
+            self.billed.setdefault(meter, new_totals(delta["aggregation"], delta["field"]))
         self.record_count += len(records)
 
     def record_late_carried(
@@ -177,44 +189,10 @@ class BillingPeriod(Aggregate):
         records: list[list[Any]],
     ) -> list[dict[str, Any]]:
         """Record late usage billed elsewhere; return what it adds to this closed period."""
-        before = self._known_snapshot({r[2] for r in records})
-        self.record_usage(received_at, emitter, key_id, CARRIED_FORWARD, meters, records)
-        sources: dict[str, list[list[Any]]] = {}
-        for record in records:
-            sources.setdefault(record[2], []).append(
-                ["usage", record[0], f"{usage_hash(record, received_at, emitter, key_id):064x}"]
-            )
-        return self._marginal(before, sources)
-
-    def _known_snapshot(self, meters: set[str]) -> dict[str, dict[str, Any]]:
-        return {m: copy_totals(self.known[m]) for m in meters if m in self.known}
-
-    def _marginal(
-        self, before: dict[str, dict[str, Any]], sources: dict[str, list[list[Any]]]
-    ) -> list[dict[str, Any]]:
-        """What the change made to the issued charge: price with it minus price without it."""
-        issued = self.revisions[-1]
-        charges = {c.meter: c for c in parse_charges(issued["charges"])}
-        entries = []
-        for meter in sorted(sources):
-            after = self.known[meter]
-            prior = before.get(meter) or new_totals(after["aggregation"], after["field"])
-            charge = charges.get(meter)
-            amount = ZERO
-            if charge is not None:
-                amount = charge_amount(charge, after, issued["currency"]) - charge_amount(
-                    charge, prior, issued["currency"]
-                )
-            entries.append(
-                {
-                    "from_period": self.period,
-                    "meter": meter,
-                    "quantity": aggregate_quantity(after) - aggregate_quantity(prior),
-                    "amount": amount,
-                    "sources": sources[meter],
-                }
-            )
-        return entries
+        before = snapshot(self.known, {r[2] for r in records})
+        self.record_usage(received_at, emitter, key_id, Treatment.CARRIED_FORWARD, meters, records)
+        sources = late_sources(records, received_at, emitter, key_id)
+        return carried_entries(self.period, self.revisions[-1], before, self.known, sources)
 
     @event("LateUsageCarriedForward")
     def carry_forward(
@@ -226,14 +204,8 @@ class BillingPeriod(Aggregate):
         sources: list[list[Any]],
         received_at: str,
     ) -> None:
-        entry = self.carried_in.setdefault(
-            f"{from_period}|{meter}",
-            {"from_period": from_period, "meter": meter, "quantity": ZERO, "amount": ZERO},
-        )
-        entry["quantity"] += quantity
-        entry["amount"] += amount
-        for _kind, _ident, hex_hash in sources:
-            self._accumulate(int(hex_hash, 16))
+        add_carried(self.carried_in, from_period, meter, quantity, amount)
+        self._accumulate(source_items(sources))
 
     # Corrections -------------------------------------------------------------------------
 
@@ -261,34 +233,16 @@ class BillingPeriod(Aggregate):
             raise CompensationExceedsUsage(
                 f"compensation of {quantity} exceeds the {remaining} left of event {event_id}"
             )
-        before = self._known_snapshot({meter})
+        before = snapshot(self.known, {meter})
+        fields = (compensation_id, event_id, submitted_customer_id, meter, quantity)
         self._compensate(
-            compensation_id,
-            event_id,
-            submitted_customer_id,
-            meter,
-            quantity,
-            original_quantity,
-            properties,
-            reason,
-            actor,
-            received_at,
-            treatment,
+            *fields, original_quantity, properties, reason, actor, received_at, treatment
         )
-        if treatment != CARRIED_FORWARD:
+        if is_billed(treatment):
             return []
-        item = compensation_hash(
-            compensation_id,
-            event_id,
-            submitted_customer_id,
-            meter,
-            quantity,
-            reason,
-            received_at,
-            actor,
-        )
-        source = ["compensation", compensation_id, f"{item:064x}"]
-        return self._marginal(before, {meter: [source]})
+        item = compensation_hash(*fields, reason, received_at, actor)
+        sources = {meter: [["compensation", compensation_id, f"{item:064x}"]]}
+        return carried_entries(self.period, self.revisions[-1], before, self.known, sources)
 
     @event("UsageCompensated")
     def _compensate(
@@ -306,31 +260,24 @@ class BillingPeriod(Aggregate):
         treatment: str,
     ) -> None:
         net_before = self.net_quantity(event_id, original_quantity)
-        targets = [self.known[meter]]
-        in_billed = treatment != CARRIED_FORWARD and event_id not in self.carried_ids
-        if in_billed:
-            targets.append(self.billed[meter])
-        for totals in targets:
-            compensate_record(
-                totals,
-                quantity,
-                net_before=net_before,
-                value_before=tracked_value(totals, net_before, properties),
-                value_after=tracked_value(totals, net_before - quantity, properties),
-            )
+        delta = {meter: compensation_delta(self.known[meter], quantity, net_before, properties)}
+        fold(self.known, delta)
         self.compensated[event_id] = self.compensated.get(event_id, ZERO) + quantity
-        if in_billed:
+        if is_billed(treatment) and event_id not in self.carried_ids:
+            fold(self.billed, delta)
             self._accumulate(
-                compensation_hash(
-                    compensation_id,
-                    event_id,
-                    submitted_customer_id,
-                    meter,
-                    quantity,
-                    reason,
-                    received_at,
-                    actor,
-                )
+                [
+                    compensation_hash(
+                        compensation_id,
+                        event_id,
+                        submitted_customer_id,
+                        meter,
+                        quantity,
+                        reason,
+                        received_at,
+                        actor,
+                    )
+                ]
             )
 
     def adjust(
@@ -348,7 +295,7 @@ class BillingPeriod(Aggregate):
         field: str | None,
     ) -> list[dict[str, Any]]:
         """A manual signed correction of a meter's aggregate."""
-        before = self._known_snapshot({meter})
+        before = snapshot(self.known, {meter})
         self._adjust(
             adjustment_id,
             meter,
@@ -361,13 +308,13 @@ class BillingPeriod(Aggregate):
             aggregation,
             field,
         )
-        if treatment != CARRIED_FORWARD:
+        if is_billed(treatment):
             return []
         item = adjustment_hash(
             adjustment_id, meter, quantity, occurred_at, reason, received_at, actor
         )
-        source = ["adjustment", adjustment_id, f"{item:064x}"]
-        return self._marginal(before, {meter: [source]})
+        sources = {meter: [["adjustment", adjustment_id, f"{item:064x}"]]}
+        return carried_entries(self.period, self.revisions[-1], before, self.known, sources)
 
     @event("UsageAdjusted")
     def _adjust(
@@ -383,23 +330,24 @@ class BillingPeriod(Aggregate):
         aggregation: str,
         field: str | None,
     ) -> None:
-        self._ensure_meter(meter, aggregation, field)
-        self.known[meter]["adjustment"] += quantity
-        if treatment != CARRIED_FORWARD:
-            self.billed[meter]["adjustment"] += quantity
+        delta = {meter: adjustment_delta(*_shape(self.known, meter, aggregation, field), quantity)}
+        fold(self.known, delta)
+        self.billed.setdefault(meter, new_totals(*_shape(self.known, meter, aggregation, field)))
+        if is_billed(treatment):
+            fold(self.billed, delta)
             self._accumulate(
-                adjustment_hash(
-                    adjustment_id, meter, quantity, occurred_at, reason, received_at, actor
-                )
+                [
+                    adjustment_hash(
+                        adjustment_id, meter, quantity, occurred_at, reason, received_at, actor
+                    )
+                ]
             )
 
     # Invoices ------------------------------------------------------------------------------
 
     def lines(self, charges_data: list[dict[str, Any]], currency: str) -> list[dict[str, Any]]:
         charges = parse_charges(charges_data)
-        return usage_lines(self.period, self.billed, charges, currency) + carried_lines(
-            self.carried_in.values(), currency
-        )
+        return invoice_lines(self.period, self.billed, charges, self.carried_in.values(), currency)
 
     def close(
         self,
@@ -448,21 +396,7 @@ class BillingPeriod(Aggregate):
         closed_at: datetime,
     ) -> None:
         self.status = "closed"
-        self.revisions.append(
-            {
-                "revision": revision,
-                "plan_id": plan_id,
-                "plan_version": plan_version,
-                "currency": currency,
-                "charges": charges,
-                "lines": lines,
-                "total": total,
-                "lineage_digest": lineage_digest,
-                "lineage_scheme": lineage_scheme,
-                "items": items,
-                "issued_at": closed_at,
-            }
-        )
+        self._issued(locals())
 
     def restate(self, *, actor: str, restated_at: datetime, reason: str) -> None:
         """Issue the next revision, pricing the whole period again under its issued plan."""
@@ -501,18 +435,9 @@ class BillingPeriod(Aggregate):
         closed_at: datetime,
         reason: str,
     ) -> None:
-        self.revisions.append(
-            {
-                "revision": revision,
-                "plan_id": plan_id,
-                "plan_version": plan_version,
-                "currency": currency,
-                "charges": charges,
-                "lines": lines,
-                "total": total,
-                "lineage_digest": lineage_digest,
-                "lineage_scheme": lineage_scheme,
-                "items": items,
-                "issued_at": closed_at,
-            }
-        )
+        self._issued(locals())
+
+    def _issued(self, fields: dict[str, Any]) -> None:
+        revision = {name: fields[name] for name in REVISION_FIELDS}
+        revision["issued_at"] = fields["closed_at"]
+        self.revisions.append(revision)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from billing_domain.bounds import (
@@ -16,6 +16,7 @@ from billing_domain.bounds import (
     parse_decimal,
 )
 from billing_domain.errors import InvalidInput
+from billing_domain.numbers import ZERO, exact
 
 MINOR_UNITS: dict[str, int] = {
     "USD": 2,
@@ -51,7 +52,6 @@ MODEL_FIELDS = {
     "package": {"package_size", "package_amount"},
 }
 TIER_FIELDS = {"up_to", "unit_amount", "flat_amount"}
-ZERO = Decimal(0)
 
 
 def check_currency(currency: str) -> str:
@@ -62,8 +62,7 @@ def check_currency(currency: str) -> str:
 
 def round_money(amount: Decimal, currency: str) -> Decimal:
     exponent = Decimal(1).scaleb(-MINOR_UNITS[currency])
-    with localcontext() as ctx:
-        ctx.prec = 60
+    with exact():
         return amount.quantize(exponent, rounding=ROUND_HALF_UP)
 
 
@@ -89,8 +88,7 @@ class Charge:
     def price(self, quantity: Decimal) -> Decimal:
         """Unrounded amount for the period's aggregate quantity of this charge's meter."""
         billable = max(quantity - self.included_quantity, ZERO)
-        with localcontext() as ctx:
-            ctx.prec = 60
+        with exact():
             if self.model == "per_unit":
                 return billable * self.unit_amount
             if self.model == "package":

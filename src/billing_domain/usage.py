@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-ZERO = Decimal(0)
+from billing_domain.numbers import ZERO as ZERO  # also imported from here
+
 DIGEST_MODULUS = 1 << 256
 
 
