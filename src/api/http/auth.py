@@ -1,4 +1,8 @@
-"""Bearer keys and the role each endpoint family needs. Refusals are audited, keys never."""
+"""Bearer keys and the guards that check a route's roles. Refusals are audited, keys never.
+
+`requires(*roles)` is the one guard factory: a route names the roles allowed to call it. The
+guard authenticates the caller, throttles clients and key ids that fail too often, audits
+every refusal, and leaves the caller for the handler's `caller` dependency."""
 
 from __future__ import annotations
 
@@ -7,21 +11,38 @@ import secrets
 from typing import Any
 
 import anyio
-from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import Guard
 
 from billing_domain.errors import NotAuthenticated, NotAuthorised
 from billing_domain.identity import Principal, hash_secret
 from billing_domain.throttle import FailureThrottle, RateLimited
 
-ROLES_FOR: dict[str, frozenset[str]] = {
-    "ingest": frozenset({"admin", "emitter"}),
-    "manage": frozenset({"admin"}),
-    "close": frozenset({"admin", "operator"}),
-    "read": frozenset({"admin", "finance"}),
-    "reconcile": frozenset({"admin", "operator", "finance"}),
-    "audit": frozenset({"admin", "finance"}),
-    "projections": frozenset({"admin", "operator"}),
-}
+Connection = ASGIConnection[Any, Any, Any, Any]
+ROLES = frozenset({"admin", "operator", "finance", "emitter"})
+BOOTSTRAP_ADMIN = Principal(emitter="bootstrap-admin", key_id="bootstrap", role="admin")
+
+
+def requires(*roles: str) -> Guard:
+    """A guard admitting only callers whose key has one of `roles`."""
+    allowed = frozenset(roles)
+    if not allowed <= ROLES:
+        raise ValueError(f"unknown roles: {sorted(allowed - ROLES)}")
+
+    async def guard(connection: Connection, _: BaseRouteHandler) -> None:
+        caller = _bootstrap_admin(connection, allowed)
+        if caller is None:
+            caller = await anyio.to_thread.run_sync(authorise, connection, allowed)
+        connection.state.caller = caller
+
+    guard.roles = allowed  # type: ignore[attr-defined]
+    return guard
+
+
+def current_caller(request: Connection) -> Principal:
+    """The caller its route's guard admitted (the `caller` dependency)."""
+    return request.state.caller  # type: ignore[no-any-return]
 
 
 def _key_id_of(token: str) -> str | None:
@@ -31,12 +52,12 @@ def _key_id_of(token: str) -> str | None:
     return None
 
 
-def _client_of(request: Request[Any, Any, Any]) -> str:
-    return request.client.host if request.client else "-"
+def _client_of(connection: Connection) -> str:
+    return connection.client.host if connection.client else "-"
 
 
-def _bearer(request: Request[Any, Any, Any]) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def _bearer(connection: Connection) -> str | None:
+    scheme, _, token = connection.headers.get("authorization", "").partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
 
@@ -45,33 +66,32 @@ def _throttle(services: Any) -> FailureThrottle:
     return services.throttle  # type: ignore[no-any-return]
 
 
-async def principal_async(request: Request[Any, Any, Any]) -> Principal:
-    """As `principal`, without a thread hop for the bootstrap key (no store access needed)."""
-    services = request.app.state.services
+def _bootstrap_admin(connection: Connection, allowed: frozenset[str]) -> Principal | None:
+    """The bootstrap key, checked without a thread hop (no store access needed)."""
+    services = connection.app.state.services
     admin_key = services.settings.admin_key
-    token = _bearer(request)
+    token = _bearer(connection)
     if (
         admin_key
         and token is not None
-        and request.route_handler.opt["family"] in ROLES_FOR
-        and "admin" in ROLES_FOR[request.route_handler.opt["family"]]
-        and _throttle(services).clear(_client_of(request), _key_id_of(token))
+        and "admin" in allowed
+        and _throttle(services).clear(_client_of(connection), _key_id_of(token))
         and secrets.compare_digest(hash_secret(token), hash_secret(admin_key))
     ):
-        return Principal(emitter="bootstrap-admin", key_id="bootstrap", role="admin")
-    return await anyio.to_thread.run_sync(principal, request)
+        return BOOTSTRAP_ADMIN
+    return None
 
 
-def principal(request: Request[Any, Any, Any]) -> Principal:
-    """The caller, allowed for this route's family (route opt "family"), or a refusal.
+def authorise(connection: Connection, allowed: frozenset[str]) -> Principal:
+    """The caller, if its key is valid and its role allowed; otherwise a refusal, audited.
 
     A client or key id that failed too often of late is refused (429) before its key is
     looked at; only failures count, so good keys are never slowed."""
-    services = request.app.state.services
-    family = request.route_handler.opt["family"]
-    client = _client_of(request)
-    route = {"request": f"{request.method} {request.url.path}", "client": client}
-    token = _bearer(request)
+    services = connection.app.state.services
+    method = connection.scope.get("method", "-")
+    client = _client_of(connection)
+    route = {"request": f"{method} {connection.url.path}", "client": client}
+    token = _bearer(connection)
     key_id = _key_id_of(token) if token else None
     anonymous = Principal(emitter="unknown", key_id=key_id or "-", role="none")
     try:
@@ -89,8 +109,9 @@ def principal(request: Request[Any, Any, Any]) -> Principal:
         _throttle(services).failed(client, key_id)
         services.app.record_refusal(anonymous, "request.refused", refused.reason, route)
         raise NotAuthenticated(refused.reason, field="authorization") from None
-    if caller.role not in ROLES_FOR[family]:
-        reason = f"role {caller.role!r} may not {family}"
+    if caller.role not in allowed:
+        template = connection.scope.get("path_template") or connection.url.path
+        reason = f"role {caller.role!r} may not {method} {template}"
         services.app.record_refusal(caller, "request.refused", reason, route)
         raise NotAuthorised(reason)
     return caller

@@ -10,8 +10,10 @@ from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 
 from adapters.persistence import store_unavailable
+from api.http.responses import ErrorOut
 from billing_domain import errors as domain
 from billing_domain.throttle import RateLimited
 
@@ -29,6 +31,30 @@ STATUS_OF: tuple[tuple[type[domain.BillingError], int], ...] = (
     (domain.InvalidInput, 422),
     (domain.StoreContention, 503),
 )
+
+
+MEANING_OF: dict[int, str] = {
+    400: "a malformed request, e.g. a body that is not JSON",
+    401: "a missing, unknown, expired or revoked key (WWW-Authenticate: Bearer)",
+    403: "the key's role or grants do not allow this call",
+    404: "an unknown resource named in the path",
+    409: "conflicts with what is recorded; the first stands",
+    413: "the body is larger than the limit",
+    422: "invalid input; `errors` names each field",
+    429: "too many failed authentications from this client or key id; see Retry-After",
+    503: "the store is unavailable or busy; nothing was recorded, retry after Retry-After",
+}
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """The OpenAPI answers of a handler's refusals, each the `{detail, errors}` body; any
+    request can be malformed (400)."""
+    return {
+        status: ResponseSpec(
+            data_container=ErrorOut, description=MEANING_OF[status], generate_examples=False
+        )
+        for status in sorted({400, *statuses})
+    }
 
 
 def status_of(error: domain.BillingError) -> int:
@@ -63,6 +89,15 @@ def on_billing_error(_: Request[Any, Any, Any], error: domain.BillingError) -> R
     return respond(
         status, [{"field": error.field, "reason": error.reason, "code": error.code}], headers
     )
+
+
+def rejection(code: str | None, detail: str | None, field: str | None) -> domain.BillingError:
+    """The refusal of one event the domain answered `rejected` (it answers a batch per event,
+    so a single event's refusal comes back as a result): 403 without a grant, else 422."""
+    kind = domain.NotAuthorised if code == domain.NotAuthorised.code else domain.InvalidInput
+    error = kind(detail or "rejected", field=field)
+    error.code = code or error.code
+    return error
 
 
 def pydantic_items(errors: list[dict[str, Any]], prefix: str = "") -> list[dict[str, Any]]:
