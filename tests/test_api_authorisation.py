@@ -6,6 +6,8 @@ the application serves under /v1/: a route added without a row fails the last te
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -150,7 +152,7 @@ ROLES = ["admin", "operator", "finance", "emitter"]
 
 
 @pytest.fixture
-def world(settings, clock, monkeypatch):
+def world(settings: Any, clock: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     # Every refused key below is a failed authentication from one client address.
     monkeypatch.setenv("BILLING_AUTH_FAILURES_PER_MINUTE", "100000")
     with http(settings, clock) as (client, _):
@@ -179,12 +181,12 @@ def world(settings, clock, monkeypatch):
         yield client, keys, names
 
 
-def requests(names):
+def requests(names: dict[str, str]) -> Iterator[tuple[str, str, set[str], str, Any]]:
     for method, route, allowed, path, body in TABLE:
         yield method, route, allowed, path.format(**names), body
 
 
-def test_every_role_gets_exactly_what_its_role_allows(world):
+def test_every_role_gets_exactly_what_its_role_allows(world: Any) -> None:
     client, keys, names = world
     surprises = []
     for role in ROLES:
@@ -209,7 +211,7 @@ def test_every_role_gets_exactly_what_its_role_allows(world):
         {"Authorization": "Bearer nonsense"},
     ],
 )
-def test_a_missing_or_unknown_key_is_401_everywhere(world, headers):
+def test_a_missing_or_unknown_key_is_401_everywhere(world: Any, headers: dict[str, str]) -> None:
     client, _, names = world
     for method, route, _, path, body in requests(names):
         answer = client.request(method, path, json=body, headers=headers)
@@ -217,7 +219,7 @@ def test_a_missing_or_unknown_key_is_401_everywhere(world, headers):
         assert answer.headers["www-authenticate"] == "Bearer"
 
 
-def test_a_refused_emitter_is_audited_with_its_key_id_never_the_key(world):
+def test_a_refused_emitter_is_audited_with_its_key_id_never_the_key(world: Any) -> None:
     client, keys, _ = world
     key = keys["finance"]
     assert client.post("/v1/usage", json=event("x"), headers=bearer(key)).status_code == 403
@@ -229,7 +231,7 @@ def test_a_refused_emitter_is_audited_with_its_key_id_never_the_key(world):
     assert key not in str(audit)
 
 
-def test_the_table_names_every_route_the_api_serves(settings, clock):
+def test_the_table_names_every_route_the_api_serves(settings: Any, clock: Any) -> None:
     with http(settings, clock) as (client, _):
         served = {
             (method, re.sub(r":\w+}", "}", route.path))
