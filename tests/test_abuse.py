@@ -113,6 +113,18 @@ def test_a_guessed_key_id_is_limited_from_every_client_and_refills_with_time():
     throttle.check("10.9.9.9", "0123456789abcdef")
 
 
+def test_a_key_id_others_failed_on_still_admits_its_holder(world):
+    client, services, keys = world
+    services.throttle = FailureThrottle(20, monotonic=lambda: 0.0)  # no refill meanwhile
+    key_id = keys["finance"].split("_")[1]
+    for n in range(20):  # someone guessing at the finance key's secret from many addresses
+        services.throttle.failed(f"10.0.0.{n}", key_id)
+    assert client.get("/v1/audit?limit=1", headers=bearer(keys["finance"])).status_code == 200
+    wrong = client.get("/v1/audit", headers=bearer(f"bk_{key_id}_wrong-secret"))
+    assert wrong.status_code == 429 and wrong.headers["retry-after"] == "3"
+    assert client.get("/v1/audit?limit=1", headers=bearer(keys["finance"])).status_code == 200
+
+
 def test_malformed_keys_count_against_the_client_only():
     throttle = FailureThrottle(2, monotonic=lambda: 0.0)
     throttle.failed("10.0.0.1", None)

@@ -76,11 +76,11 @@ class FailureThrottle:
         self._clients = _Buckets(per_minute, per_minute / 60, max_buckets)
         self._keys = _Buckets(per_minute, per_minute / 60, max_buckets)
 
-    def wait(self, client: str, key_id: str | None) -> float:
+    def wait(self, client: str | None, key_id: str | None) -> float:
         """Seconds before this client and key id may try again; 0 when they may now."""
         with self._lock:
             now = self._monotonic()
-            wait = self._clients.wait(client, now)
+            wait = self._clients.wait(client, now) if client else 0.0
             if key_id:
                 wait = max(wait, self._keys.wait(key_id, now))
         return wait
@@ -88,7 +88,7 @@ class FailureThrottle:
     def clear(self, client: str, key_id: str | None) -> bool:
         return self.wait(client, key_id) == 0
 
-    def check(self, client: str, key_id: str | None) -> None:
+    def check(self, client: str | None, key_id: str | None) -> None:
         """Raise RateLimited when this client or key id has failed too often of late."""
         wait = self.wait(client, key_id)
         if wait > 0:

@@ -85,8 +85,10 @@ def _bootstrap_admin(connection: Connection, allowed: frozenset[str]) -> Princip
 def authorise(connection: Connection, allowed: frozenset[str]) -> Principal:
     """The caller, if its key is valid and its role allowed; otherwise a refusal, audited.
 
-    A client or key id that failed too often of late is refused (429) before its key is
-    looked at; only failures count, so good keys are never slowed."""
+    A client that failed too often of late is refused (429) before its key is looked at. A
+    key id that failed too often is still checked, so whoever holds the real key is not locked
+    out by someone guessing at its id; a wrong key for it is then 429, not 401. Only failures
+    count, so good keys are never slowed."""
     services = connection.app.state.services
     method = connection.scope.get("method", "-")
     client = _client_of(connection)
@@ -95,7 +97,7 @@ def authorise(connection: Connection, allowed: frozenset[str]) -> Principal:
     key_id = _key_id_of(token) if token else None
     anonymous = Principal(emitter="unknown", key_id=key_id or "-", role="none")
     try:
-        _throttle(services).check(client, key_id)
+        _throttle(services).check(client, None)
     except RateLimited as limited:
         services.app.record_refusal(anonymous, "request.rate_limited", limited.reason, route)
         raise
@@ -106,6 +108,12 @@ def authorise(connection: Connection, allowed: frozenset[str]) -> Principal:
     try:
         caller: Principal = services.app.authenticate(token)
     except NotAuthenticated as refused:
+        try:
+            _throttle(services).check(None, key_id)
+        except RateLimited as limited:
+            _throttle(services).failed(client, key_id)
+            services.app.record_refusal(anonymous, "request.rate_limited", limited.reason, route)
+            raise
         _throttle(services).failed(client, key_id)
         services.app.record_refusal(anonymous, "request.refused", refused.reason, route)
         raise NotAuthenticated(refused.reason, field="authorization") from None
