@@ -42,7 +42,7 @@ from tests import defects
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
 PERIOD = "2026-10"
 TOPIC = "billing_domain.period:BillingPeriod."
-CHARGES = [
+CHARGES: list[dict[str, Any]] = [
     {
         "meter": "api_calls",
         "aggregation": "sum",

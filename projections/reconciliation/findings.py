@@ -115,7 +115,7 @@ def totals_differ(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     if a is None or b is None:
         present = a if b is None else b
         assert present is not None
-        return present != new_totals(present["aggregation"], present["field"])
+        return bool(present != new_totals(present["aggregation"], present["field"]))
     return a != b
 
 

@@ -98,7 +98,8 @@ class RawChecks(Checks):
             if not group:
                 break
             rows: dict[Any, list[Any]] = {x.originator_id: [] for x in group}
-            for row in self.app.recorder.keys_of(list(rows)):  # type: ignore[attr-defined]
+            keys_of = self.app.recorder.keys_of  # type: ignore[attr-defined,unused-ignore]
+            for row in keys_of(list(rows)):
                 rows[row.originator_id].append(row)
             for x in group:
                 self._records(

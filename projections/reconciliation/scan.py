@@ -34,6 +34,7 @@ from projections.reconciliation.findings import (
 )
 
 PAGE = 500
+PAGE_BYTES = 8 << 20  # a page of large events is read a few events at a time
 LEDGER_ERRORS = (KeyError, TypeError, ValueError, ArithmeticError, IndexError)
 
 
@@ -104,17 +105,21 @@ def scan_log(
     checked and event ids looked for twice; without (verification) only digests are kept."""
     scanner = _Scanner(app, Scan(stop=int(app.recorder.max_notification_id() or 0)))
     scanner.in_scope, scanner.keep_records = in_scope, keep_records
-    scan, start = scanner.scan, 1
+    scan, start, limit = scanner.scan, 1, 20
     while start <= scan.stop:
-        page = app.recorder.select_notifications(start, PAGE, stop=scan.stop)
+        page = app.recorder.select_notifications(start, limit, stop=scan.stop)
         if not page:
             break
         scan.stored_events += len(page)
+        size = sum(len(n.state) for n in page)
+        limit = max(1, min(PAGE, len(page) * PAGE_BYTES // max(size, 1)))
+        start = page[-1].id + 1
+        last = page[-1].id
         for n in page:
             scanner.one(n)
-        start = page[-1].id + 1
+        del page, n
         if progress is not None:
-            progress(page[-1].id, scan.stop)
+            progress(last, scan.stop)
     return scan
 
 

@@ -93,7 +93,7 @@ class ViewChecks(Checks):
         replay = Replay()
         try:
             for event in self.app.events.get(ledger.originator_id, lte=ledger.last_version):
-                replay.aggregate = event.mutate(replay.aggregate)  # type: ignore[attr-defined]
+                replay.aggregate = event.mutate(replay.aggregate)  # type: ignore[attr-defined,unused-ignore]
         except Exception as error:
             replay.error = f"{type(error).__name__}: {error}"
         return replay
@@ -192,7 +192,10 @@ class ViewChecks(Checks):
         if ledger.revisions:
             issued = ledger.revisions[-1].data
             return parse_charges(issued["charges"]), issued["currency"]
-        return self.app.period_charges(ledger.customer_id, ledger.period)
+        current: tuple[tuple[Charge, ...], str] = self.app.period_charges(
+            ledger.customer_id, ledger.period
+        )
+        return current
 
     def _compare_projection(self, ledger: PeriodLedger, aggregate: BillingPeriod | None) -> None:
         cause = self._explained(ledger, PARTIAL_WRITE)
