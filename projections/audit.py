@@ -26,8 +26,11 @@ ACTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("grant_id", "customer_id", "meters", "valid_from", "valid_until"),
     ),
     "Emitter.GrantRevoked": ("grant.revoked", ("grant_id",)),
+    "Emitter.Updated": ("emitter.updated", ("name", "owner")),
+    "Emitter.Offboarded": ("emitter.offboarded", ("reason", "key_ids", "grant_ids")),
     "Key.Issued": ("key.created", ("key_id", "role", "name", "emitter_id")),
     "Key.Revoked": ("key.revoked", ()),
+    "Key.Rotated": ("key.rotated", ("replaced_by", "expires_at")),
     "BillingPeriod.UsageCompensated": (
         "usage.compensated",
         (

@@ -23,6 +23,7 @@ from eventsourcing.persistence import Notification
 
 from billing_domain.application import BillingApplication
 from projections import quarantine
+from projections.activity import ActivityProjection
 from projections.audit import AuditProjection
 from projections.base import Projection
 from projections.errors import NotQuarantined, StillQuarantined
@@ -43,6 +44,7 @@ def register(cls: type[Projection]) -> type[Projection]:
 
 register(InvoicesProjection)
 register(AuditProjection)
+register(ActivityProjection)
 
 
 class PositionMoved(Exception):

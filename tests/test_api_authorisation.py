@@ -147,6 +147,25 @@ TABLE = [
         "/v1/emitters/svc/grants/{spare_grant}",
         None,
     ),
+    ("GET", "/v1/emitters", ALL_BUT_EMITTER, "/v1/emitters", None),
+    ("GET", "/v1/emitters/{emitter_id}", ALL_BUT_EMITTER, "/v1/emitters/svc", None),
+    ("PATCH", "/v1/emitters/{emitter_id}", ADMIN_ONLY, "/v1/emitters/svc", {"owner": "payments"}),
+    (
+        "GET",
+        "/v1/emitters/{emitter_id}/activity",
+        ALL_BUT_EMITTER,
+        "/v1/emitters/svc/activity",
+        None,
+    ),
+    ("GET", "/v1/keys", ALL_BUT_EMITTER, "/v1/keys?stale_days=1", None),
+    ("POST", "/v1/keys/{key_id}/rotate", ADMIN_ONLY, "/v1/keys/{spare_key}/rotate", None),
+    (
+        "POST",
+        "/v1/emitters/{emitter_id}/offboard",
+        OPERATE,
+        "/v1/emitters/m-e/offboard",
+        {"reason": "retired"},
+    ),
 ]
 ROLES = ["admin", "operator", "finance", "emitter"]
 

@@ -27,9 +27,10 @@ class Services:
     def start_background(self) -> None:
         """Keep projections current in this process, unless a separate worker runs them;
         write counted refusals to the audit log every window; follow the log for key and
-        grant changes (the authentication cache)."""
+        grant changes (the authentication cache); write each key's last use once a minute."""
         self.app.refusals.start()
         self.app.key_cache.start()
+        self.app.key_uses.start()
         if self.read_models is not None:
             self.read_models.start_background()
 
@@ -57,7 +58,7 @@ def build(
         settings=settings,
         app=app,
         read_models=read_models,
-        closers=[app.refusals.close, app.close_key_cache, read_models.close],
+        closers=[app.refusals.close, app.close_key_uses, app.close_key_cache, read_models.close],
         throttle=FailureThrottle(failures_per_minute),
     )
 

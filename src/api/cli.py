@@ -11,7 +11,12 @@ from adapters.persistence import store_unavailable
 from api.commands_service import StartupError
 from billing_domain.settings import SettingsError
 
-COMMAND_MODULES = ("api.commands_service", "api.commands_projections", "api.commands_proof")
+COMMAND_MODULES = (
+    "api.commands_service",
+    "api.commands_identities",
+    "api.commands_projections",
+    "api.commands_proof",
+)
 
 
 class BillingGroup(click.Group):

@@ -117,6 +117,20 @@ class EmitterExists(Conflict):
     field = "emitter_id"
 
 
+class EmitterOffboarded(Conflict):
+    """An offboarded emitter gets no new keys or grants."""
+
+    code = "emitter_offboarded"
+    field = "emitter_id"
+
+
+class KeyNotActive(Conflict):
+    """A revoked, expired or already rotated key cannot be rotated."""
+
+    code = "key_not_active"
+    field = "key_id"
+
+
 class IdempotencyConflict(Conflict):
     """The same idempotency key came back with a different payload; the first stands."""
 

@@ -74,22 +74,43 @@ SYSTEM = Principal(emitter="system", key_id="-", role="admin")
 
 
 class Emitter(Aggregate):
-    """A service that sends usage; its grants say for which customers and meters."""
+    """A service that sends usage; its grants say for which customers and meters, its owner
+    who answers for it. Offboarding ends its grants and revokes its keys for good."""
 
     class Registered(Aggregate.Created):
         emitter_id: str
         name: str
         actor: str
+        # Emitters registered before owners and key tracking were recorded have neither.
+        owner: str | None = None
+        tracks_keys: bool = False
 
     @staticmethod
     def create_id(emitter_id: str, **_: Any) -> UUID:
         return emitter_uuid(emitter_id)
 
     @event(Registered)
-    def __init__(self, emitter_id: str, name: str, actor: str) -> None:
+    def __init__(
+        self,
+        emitter_id: str,
+        name: str,
+        actor: str,
+        owner: str | None = None,
+        tracks_keys: bool = False,
+    ) -> None:
         self.emitter_id = emitter_id
         self.name = name
+        self.owner = owner
+        self.tracks_keys = tracks_keys
         self.grants: dict[str, dict[str, Any]] = {}
+        self.key_ids: list[str] = []
+        self.offboarded_at: datetime | None = None
+        self.offboard_reason: str | None = None
+
+    @event("Updated")
+    def update(self, name: str, owner: str | None, actor: str) -> None:
+        self.name = name
+        self.owner = owner
 
     @event("Granted")
     def grant(
@@ -112,7 +133,52 @@ class Emitter(Aggregate):
     def revoke_grant(self, grant_id: str, actor: str) -> None:
         self.grants.pop(grant_id, None)
 
+    @event("KeyAdded")
+    def add_key(self, key_id: str, actor: str) -> None:
+        self.key_ids.append(key_id)
+
+    @event("Offboarded")
+    def offboard(
+        self, reason: str, key_ids: list[str], grant_ids: list[str], actor: str, at: datetime
+    ) -> None:
+        self.offboarded_at = at
+        self.offboard_reason = reason
+        for grant_id in grant_ids:
+            grant = self.grants.get(grant_id)
+            if grant is not None and (grant["valid_until"] is None or grant["valid_until"] > at):
+                grant["valid_until"] = at
+                grant["ended"] = True
+
+    @property
+    def offboarded(self) -> bool:
+        return getattr(self, "offboarded_at", None) is not None
+
+    def grant_views(self, at: datetime) -> list[dict[str, Any]]:
+        """Every grant kept, with its validity and how it stands at `at`."""
+        views = []
+        for grant_id, g in sorted(self.grants.items()):
+            status = "active"
+            if g.get("ended"):
+                status = "ended"
+            elif g["valid_from"] is not None and at < g["valid_from"]:
+                status = "scheduled"
+            elif g["valid_until"] is not None and at >= g["valid_until"]:
+                status = "lapsed"
+            views.append(
+                {
+                    "grant_id": grant_id,
+                    "customer_id": g["customer_id"],
+                    "meters": list(g["meters"]),
+                    "valid_from": g["valid_from"],
+                    "valid_until": g["valid_until"],
+                    "status": status,
+                }
+            )
+        return views
+
     def active_grants(self) -> tuple[Grant, ...]:
+        if self.offboarded:
+            return ()
         return tuple(
             Grant(gid, g["customer_id"], tuple(g["meters"]), g["valid_from"], g["valid_until"])
             for gid, g in sorted(self.grants.items())
@@ -120,7 +186,7 @@ class Emitter(Aggregate):
 
 
 class Key(Aggregate):
-    """An API key: its role, its holder, and only the hash of its secret."""
+    """An API key: its role, its holder, its expiry, and only the hash of its secret."""
 
     class Issued(Aggregate.Created):
         key_id: str
@@ -129,6 +195,10 @@ class Key(Aggregate):
         name: str
         emitter_id: str | None
         actor: str
+        # Keys issued before expiry and rotation were recorded have none of these.
+        expires_at: datetime | None = None
+        replaces: str | None = None
+        issued_at: datetime | None = None
 
     @staticmethod
     def create_id(key_id: str, **_: Any) -> UUID:
@@ -136,18 +206,49 @@ class Key(Aggregate):
 
     @event(Issued)
     def __init__(
-        self, key_id: str, key_hash: str, role: str, name: str, emitter_id: str | None, actor: str
+        self,
+        key_id: str,
+        key_hash: str,
+        role: str,
+        name: str,
+        emitter_id: str | None,
+        actor: str,
+        expires_at: datetime | None = None,
+        replaces: str | None = None,
+        issued_at: datetime | None = None,
     ) -> None:
         self.key_id = key_id
         self.key_hash = key_hash
         self.role = role
         self.name = name
         self.emitter_id = emitter_id
+        self.expires_at = expires_at
+        self.replaces = replaces
+        self.issued_at = issued_at
+        self.replaced_by: str | None = None
         self.revoked = False
+        self.revoked_at: datetime | None = None
 
     @event("Revoked")
-    def revoke(self, actor: str) -> None:
+    def revoke(self, actor: str, at: datetime | None = None) -> None:
         self.revoked = True
+        self.revoked_at = at
+
+    @event("Rotated")
+    def rotate(self, replaced_by: str, expires_at: datetime, actor: str) -> None:
+        """The old key of a rotation: it keeps working until `expires_at` (the overlap)."""
+        self.replaced_by = replaced_by
+        if self.expires_at is None or expires_at < self.expires_at:
+            self.expires_at = expires_at
+
+    @event("Retired")
+    def retire(self, emitter_id: str, actor: str, at: datetime) -> None:
+        """Revoked with its emitter's offboarding (audited as that one act)."""
+        self.revoked = True
+        self.revoked_at = at
+
+    def expired(self, at: datetime) -> bool:
+        return self.expires_at is not None and at >= self.expires_at
 
     @property
     def holder(self) -> str:

@@ -215,7 +215,31 @@ class IngestCommands(ApplicationCore):
                         first.treatment,
                         received_at=first.received_at,
                     )
+        self._count_duplicates(entries, results, now)
         return [r for r in results if r is not None]
+
+    def _count_duplicates(
+        self,
+        entries: Sequence[tuple[UsageInput, Principal]],
+        results: list[UsageResult | None],
+        now: datetime,
+    ) -> None:
+        """Retries are counted per sender for its activity, written as one audit fact per
+        kind and window (the refusal log's counting), never one per retry."""
+        for (item, principal), result in zip(entries, results, strict=True):
+            if result is not None and result.status == "duplicate":
+                self.refusals.note(
+                    principal,
+                    "usage.duplicate",
+                    "already recorded",
+                    {
+                        "customer_id": item.customer_id,
+                        "meter": item.meter,
+                        "event_id": item.event_id,
+                    },
+                    now,
+                    at_once=False,
+                )
 
     def _digest(self, item: UsageInput) -> str:
         try:

@@ -31,6 +31,27 @@ def parse_duration(name: str, text: str, *, positive: bool = False) -> timedelta
     return duration
 
 
+def _flag(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("", "0", "false", "no", "n", "off"):
+        return False
+    if value in ("1", "true", "yes", "y", "on"):
+        return True
+    raise SettingsError(f"{name}={text!r}: expected 1 or 0; set it to 1, or unset {name}")
+
+
+def _days(name: str, text: str) -> int | None:
+    value = text.strip()
+    if not value:
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= 36500:
+        raise SettingsError(
+            f"{name}={text!r}: expected a whole number of days from 1 to 36500, e.g. 90; "
+            f"or unset {name} for no limit"
+        )
+    return int(value)
+
+
 def _seconds(duration: timedelta) -> str:
     return str(int(duration.total_seconds()))
 
@@ -46,6 +67,8 @@ class Settings:
     statement_timeout: timedelta = timedelta(seconds=30)
     idle_in_transaction_timeout: timedelta = timedelta(seconds=5)
     connect_timeout: timedelta = timedelta(seconds=5)
+    require_owner: bool = False
+    key_max_days: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +95,8 @@ class Settings:
             connect_timeout=parse_duration(
                 "BILLING_CONNECT_TIMEOUT", env.get("BILLING_CONNECT_TIMEOUT", "5s"), positive=True
             ),
+            require_owner=_flag("BILLING_REQUIRE_OWNER", env.get("BILLING_REQUIRE_OWNER", "")),
+            key_max_days=_days("BILLING_KEY_MAX_DAYS", env.get("BILLING_KEY_MAX_DAYS", "")),
         )
         settings.eventsourcing_env()
         return settings

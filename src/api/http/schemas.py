@@ -261,18 +261,26 @@ class KeyIn(BaseModel):
     role: Literal["admin", "operator", "finance", "emitter"]
     name: str = Field(min_length=1, max_length=b.MAX_NAME_LENGTH)
     emitter_id: str | None = Field(default=None, max_length=b.MAX_ID_LENGTH)
+    expires_at: datetime | None = Field(
+        default=None, description="RFC 3339; past it the key is refused (401 expired key)"
+    )
 
     _name = field_validator("name")(_held(b.check_text))
     _emitter_id = field_validator("emitter_id")(_optional(b.check_id))
+    _expires_at = field_validator("expires_at", mode="before")(_optional(b.parse_time))
 
 
 class EmitterIn(BaseModel):
     model_config = Strict
     emitter_id: str = Field(min_length=1, max_length=b.MAX_ID_LENGTH)
     name: str = Field(min_length=1, max_length=b.MAX_NAME_LENGTH)
+    owner: str | None = Field(
+        default=None, max_length=b.MAX_NAME_LENGTH, description="who answers for the emitter"
+    )
 
     _emitter_id = field_validator("emitter_id")(_held(b.check_id))
     _name = field_validator("name")(_held(b.check_text))
+    _owner = field_validator("owner")(_optional(b.check_text))
 
 
 class GrantIn(BaseModel):
