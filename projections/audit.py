@@ -83,6 +83,9 @@ def subject_name(topic: str, e: Any) -> str:
 
 
 class AuditProjection(Projection):
+    """Applied as a set like the invoices: the batch's unknown subjects are read with one
+    query, and each table is written with one statement."""
+
     name = "audit"
     topics = frozenset(ACTIONS) | frozenset(NAMING)
 
@@ -104,17 +107,20 @@ class AuditProjection(Projection):
         named: dict[str, str | None] = {
             e.originator_id.hex: subject_name(topic, e) for _, topic, e in events if topic in NAMING
         }
-        cur.executemany(f"INSERT INTO {self.t('subjects')} VALUES (?, ?)", list(named.items()))
-        entries = []
-        for position, topic, e in events:
-            if topic not in ACTIONS:
-                continue
-            uuid = e.originator_id.hex
-            if uuid not in named:
-                row = cur.one(f"SELECT subject FROM {self.t('subjects')} WHERE uuid = ?", [uuid])
-                named[uuid] = row["subject"] if row else None
-            entries.append(self.entry(position, topic, e, named[uuid]))
-        cur.executemany(f"INSERT INTO {self.t('entries')} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", entries)
+        cur.write_rows(self.t("subjects"), self.columns("subjects"), list(named.items()))
+        unnamed = {
+            e.originator_id.hex
+            for _, topic, e in events
+            if topic in ACTIONS and e.originator_id.hex not in named
+        }
+        for row in cur.rows_in(self.t("subjects"), ["uuid"], [[u] for u in unnamed]):
+            named[row["uuid"]] = row["subject"]
+        entries = [
+            self.entry(position, topic, e, named.get(e.originator_id.hex))
+            for position, topic, e in events
+            if topic in ACTIONS
+        ]
+        cur.write_rows(self.t("entries"), self.columns("entries"), entries)
 
     def entry(self, position: int, topic: str, e: Any, subject: str | None) -> tuple[Any, ...]:
         action, fields = ACTIONS[topic]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -35,6 +37,15 @@ class Projection:
     def indexes(self) -> list[str]:
         return []
 
+    def columns(self, table: str) -> list[tuple[str, str]]:
+        """A table's (column, SQL type) pairs, in order."""
+        return COLUMN.findall(self.tables()[table])
+
+    def fingerprint(self) -> str:
+        """What the code expects the tables to be: every table's columns and types, in order.
+        A live version whose recorded fingerprint differs was built by other code."""
+        return schema_fingerprint({table: self.columns(table) for table in self.tables()})
+
     def create(self, cur: Cursor) -> None:
         for table, columns in self.tables().items():
             cur.execute(f"CREATE TABLE IF NOT EXISTS {self.t(table)} ({columns})")
@@ -52,6 +63,17 @@ class Projection:
     def changes(self, cur: Cursor, live: Projection) -> list[dict[str, Any]]:
         """What switching reads from `live` to this version would change, for an operator."""
         raise NotImplementedError
+
+
+COLUMN = re.compile(r"(\w+) (TEXT|BIGINT|INTEGER)\b")
+
+
+def schema_fingerprint(tables: dict[str, list[tuple[str, str]]]) -> str:
+    text = ";".join(
+        f"{table}:" + ",".join(f"{name} {kind.lower()}" for name, kind in columns)
+        for table, columns in sorted(tables.items())
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def dumps(value: Any) -> str:

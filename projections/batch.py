@@ -1,19 +1,24 @@
-"""What one batch of events reads and changes in the invoices projection, and the
-arithmetic on the per-meter totals its rows hold."""
+"""What one batch of events reads and changes in the invoices projection.
+
+A batch is applied as a set: `load` reads every row the batch's events need with one query
+per table, the handlers fold the events in memory (with the domain's reducer), and the
+projection writes each table once at the end. Nothing here reads the database per event.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from billing_domain.usage import DIGEST_MODULUS, new_totals
+from billing_domain.numbers import ZERO
+from billing_domain.usage import new_totals
 from projections.base import dec
 from projections.store import Cursor
 
-CARRIED = "carried_forward"
-BILLED, LATE = "billed", "late"
-ZERO = Decimal(0)
+BILLED, LATE = "billed", "late"  # a delta row's kind: priced by its period, or carried out
+PERIOD_EVENTS = "BillingPeriod."
 
 
 def totals_from_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -27,30 +32,8 @@ def totals_from_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def add_totals(into: dict[str, Any], delta: dict[str, Any]) -> None:
-    into["sum"] += delta["sum"]
-    into["count"] += delta["count"]
-    into["adjustment"] += delta["adjustment"]
-    values = into["values"]
-    for value, n in delta["values"].items():
-        left = values.get(value, 0) + n
-        if left > 0:
-            values[value] = left
-        else:
-            values.pop(value, None)
-
-
-def plan_for(subscriptions: list[dict[str, Any]], period: str) -> tuple[str, int] | None:
-    """The customer aggregate's rule: the latest subscription starting by the period."""
-    chosen = None
-    for subscription in subscriptions:
-        if subscription["effective_from"] <= period:
-            chosen = subscription
-    return None if chosen is None else (chosen["plan_id"], int(chosen["plan_version"]))
-
-
 class BatchState:
-    """State one batch of events reads and changes, loaded on demand, written at the end."""
+    """State one batch of events reads and changes, loaded up front, written at the end."""
 
     def __init__(self, projection: Any, cur: Cursor) -> None:
         self.p = projection
@@ -58,56 +41,99 @@ class BatchState:
         self.periods: dict[str, dict[str, Any]] = {}  # period uuid hex -> row
         self.period_rows: dict[tuple[str, str], dict[str, Any]] = {}
         self.balances: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self.changed_balances: set[tuple[str, str]] = set()
         self.deltas: dict[tuple[str, str, str, int, str], dict[str, Any]] = {}
         self.received: dict[int, str] = {}
         self.carried: list[tuple[Any, ...]] = []
-        self.carried_ids: list[tuple[str, str, str]] = []
+        self.carried_ids: set[tuple[str, str, str]] = set()
+        self.new_carried_ids: list[tuple[str, str, str]] = []
         self.compensated: dict[tuple[str, str, str], Decimal] = {}
+        self.changed_compensated: set[tuple[str, str, str]] = set()
         self.touched: set[tuple[str, str]] = set()
         self.customers: dict[str, dict[str, Any] | None] = {}
+        self.by_uuid: dict[str, str] = {}
         self.changed_customers: set[str] = set()
+        self.open_periods: dict[str, list[str]] = {}
+        self.plans: list[tuple[Any, ...]] = []
+        self.issued: list[dict[str, Any]] = []
 
-    # Loading ------------------------------------------------------------------------------
+    # Loading, once per batch ------------------------------------------------------------
+
+    def load(self, events: Sequence[tuple[int, str, Any]]) -> None:
+        """Read every row these events need: one query per table."""
+        t, cur = self.p.t, self.cur
+        uuids = {
+            e.originator_id.hex
+            for _, topic, e in events
+            if topic.startswith(PERIOD_EVENTS) and topic != "BillingPeriod.Opened"
+        }
+        for row in cur.rows_in(t("periods"), ["period_uuid"], [[u] for u in uuids]):
+            self.periods[row["period_uuid"]] = row
+        for _, topic, e in events:
+            if topic == "BillingPeriod.Opened":
+                uuids.add(e.originator_id.hex)
+        keys: set[tuple[str, str]] = {
+            (r["customer_id"], r["period"]) for r in self.periods.values()
+        }
+        keys |= {(e.customer_id, e.period) for _, t_, e in events if t_ == "BillingPeriod.Opened"}
+        for key in keys:
+            self.balances[key] = {}
+        for row in cur.rows_in(t("balances"), ["customer_id", "period"], keys):
+            self.balances[(row["customer_id"], row["period"])][row["meter"]] = totals_from_row(row)
+        corrected: set[tuple[str, str, str]] = set()
+        for _, topic, e in events:
+            period = self.periods.get(e.originator_id.hex)
+            if topic == "BillingPeriod.UsageCompensated" and period is not None:
+                corrected.add((period["customer_id"], period["period"], e.event_id))
+        for triple in corrected:
+            self.compensated[triple] = ZERO
+        columns = ["customer_id", "period", "event_id"]
+        for row in cur.rows_in(t("compensated"), columns, corrected):
+            self.compensated[(row["customer_id"], row["period"], row["event_id"])] = dec(
+                row["quantity"]
+            )
+        for row in cur.rows_in(t("carried_ids"), columns, corrected):
+            self.carried_ids.add((row["customer_id"], row["period"], row["event_id"]))
+        self._load_customers(events, {c for c, _ in keys})
+
+    def _load_customers(self, events: Sequence[tuple[int, str, Any]], ids: set[str]) -> None:
+        t, cur = self.p.t, self.cur
+        uuids = {e.originator_id.hex for _, topic, e in events if topic == "Customer.Subscribed"}
+        rows = cur.rows_in(t("customers"), ["customer_id"], [[c] for c in ids])
+        rows += cur.rows_in(t("customers"), ["uuid"], [[u] for u in uuids])
+        for row in rows:
+            row["subscriptions"] = json.loads(row["subscriptions"])
+            self.customers[row["customer_id"]] = row
+            self.by_uuid[row["uuid"]] = row["customer_id"]
+        for customer_id in ids:
+            self.customers.setdefault(customer_id, None)
+        subscribed = [[self.by_uuid[u]] for u in uuids if u in self.by_uuid]
+        for row in cur.rows_in(
+            t("periods"), ["customer_id"], subscribed, "customer_id, period", "status = 'open'"
+        ):
+            self.open_periods.setdefault(row["customer_id"], []).append(row["period"])
+
+    # What the handlers ask for ---------------------------------------------------------------
 
     def period(self, originator_id: Any) -> dict[str, Any]:
-        key = originator_id.hex
-        if key not in self.periods:
-            row = self.cur.one(f"SELECT * FROM {self.p.t('periods')} WHERE period_uuid = ?", [key])
-            if row is None:
-                raise LookupError(f"period aggregate {key} has no Opened event in the log")
-            self.periods[key] = row
-        return self.periods[key]
+        row = self.periods.get(originator_id.hex)
+        if row is None:
+            raise LookupError(
+                f"period aggregate {originator_id.hex} has no Opened event in the log"
+            )
+        return row
 
     def balance(self, customer_id: str, period: str) -> dict[str, dict[str, Any]]:
-        key = (customer_id, period)
-        if key not in self.balances:
-            rows = self.cur.all(
-                f"SELECT * FROM {self.p.t('balances')} WHERE customer_id = ? AND period = ?", key
-            )
-            self.balances[key] = {r["meter"]: totals_from_row(r) for r in rows}
-        return self.balances[key]
+        return self.balances.setdefault((customer_id, period), {})
 
     def customer(self, customer_id: str) -> dict[str, Any] | None:
-        if customer_id not in self.customers:
-            row = self.cur.one(
-                f"SELECT * FROM {self.p.t('customers')} WHERE customer_id = ?", [customer_id]
-            )
-            if row is not None:
-                row["subscriptions"] = json.loads(row["subscriptions"])
-            self.customers[customer_id] = row
-        return self.customers[customer_id]
+        return self.customers.get(customer_id)
 
     def customer_by_uuid(self, uuid_hex: str) -> dict[str, Any]:
-        for customer in self.customers.values():
-            if customer is not None and customer["uuid"] == uuid_hex:
-                return customer
-        row = self.cur.one(
-            f"SELECT customer_id FROM {self.p.t('customers')} WHERE uuid = ?", [uuid_hex]
-        )
-        if row is None:
+        customer_id = self.by_uuid.get(uuid_hex)
+        customer = None if customer_id is None else self.customers.get(customer_id)
+        if customer is None:
             raise LookupError(f"customer aggregate {uuid_hex} has no Opened event in the log")
-        customer = self.customer(row["customer_id"])
-        assert customer is not None
         return customer
 
     def delta(
@@ -117,52 +143,36 @@ class BatchState:
         meter: str,
         position: int,
         kind: str,
-        aggregation: str,
-        field: str | None,
+        change: dict[str, Any],
     ) -> dict[str, Any]:
-        key = (customer_id, period, meter, position, kind)
-        if key not in self.deltas:
-            self.deltas[key] = {**new_totals(aggregation, field), "acc": 0, "items": 0}
-        return self.deltas[key]
+        """One event's change to one meter, kept signed for `as_of` reads."""
+        delta = self.deltas[(customer_id, period, meter, position, kind)] = {**change, "items": 0}
+        return delta
 
     def meter(
-        self, customer_id: str, period: str, meter: str, aggregation: str, field: str | None
+        self, customer_id: str, period: str, meter: str, like: dict[str, Any] | None
     ) -> dict[str, Any]:
+        """A period's running totals of a meter, created empty in the shape of `like`."""
         meters = self.balance(customer_id, period)
+        self.changed_balances.add((customer_id, period))
         if meter not in meters:
-            meters[meter] = new_totals(aggregation, field)
+            shape = ("sum", None) if like is None else (like["aggregation"], like["field"])
+            meters[meter] = new_totals(*shape)
         return meters[meter]
 
     def compensated_so_far(self, customer_id: str, period: str, event_id: str) -> Decimal:
+        return self.compensated.get((customer_id, period, event_id), ZERO)
+
+    def compensate(self, customer_id: str, period: str, event_id: str, quantity: Decimal) -> None:
         key = (customer_id, period, event_id)
-        if key not in self.compensated:
-            row = self.cur.one(
-                f"SELECT quantity FROM {self.p.t('compensated')} "
-                "WHERE customer_id = ? AND period = ? AND event_id = ?",
-                key,
-            )
-            self.compensated[key] = dec(row["quantity"]) if row else ZERO
-        return self.compensated[key]
+        self.compensated[key] = self.compensated.get(key, ZERO) + quantity
+        self.changed_compensated.add(key)
+
+    def carry(self, customer_id: str, period: str, event_id: str) -> None:
+        key = (customer_id, period, event_id)
+        if key not in self.carried_ids:
+            self.carried_ids.add(key)
+            self.new_carried_ids.append(key)
 
     def was_carried(self, customer_id: str, period: str, event_id: str) -> bool:
-        if (customer_id, period, event_id) in self.carried_ids:
-            return True
-        return (
-            self.cur.one(
-                f"SELECT 1 AS x FROM {self.p.t('carried_ids')} WHERE "
-                "customer_id = ? AND period = ? AND event_id = ?",
-                [customer_id, period, event_id],
-            )
-            is not None
-        )
-
-    @staticmethod
-    def accumulate(
-        row: dict[str, Any], value: int, items: int = 1, delta: dict[str, Any] | None = None
-    ) -> None:
-        row["acc"] = format((int(row["acc"], 16) + value) % DIGEST_MODULUS, "x")
-        row["items"] = int(row["items"]) + items
-        row["dirty"] = True
-        if delta is not None:  # as_of reads re-add these to give the digest of that time
-            delta["acc"] = (delta["acc"] + value) % DIGEST_MODULUS
-            delta["items"] += items
+        return (customer_id, period, event_id) in self.carried_ids

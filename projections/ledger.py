@@ -11,40 +11,48 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from decimal import Decimal
 from typing import Any
 
 from billing_domain.ids import invoice_id
-from billing_domain.invoicing import carried_lines, total_of, usage_lines
-from billing_domain.merkle import append, root
+from billing_domain.invoicing import invoice_lines, issued_view
 from billing_domain.pricing import Charge, parse_charges
-from billing_domain.usage import add_record, compensate_record, tracked_value
+from billing_domain.reducer import (
+    add_carried,
+    add_totals,
+    adjustment_delta,
+    compensation_delta,
+    grow,
+    is_billed,
+    source_items,
+    usage_deltas,
+)
 from billing_domain.verification import adjustment_hash, compensation_hash, usage_hashes
 from projections.base import Projection, dec, dumps, stamp
-from projections.batch import (
-    BILLED,
-    CARRIED,
-    LATE,
-    ZERO,
-    BatchState,
-    add_totals,
-    plan_for,
-)
+from projections.batch import BILLED, LATE, BatchState
+from projections.diffs import invoice_changes
+from projections.invoice_writes import write_batch
 from projections.store import Cursor
 
 
 def _add_leaves(row: dict[str, Any], items: Iterable[int]) -> None:
-    """Append billed items to the period row's lineage tree (its compact range, as JSON)."""
-    peaks, count = json.loads(row["peaks"]), int(row["items"])
-    for item in items:
-        append(peaks, count, item)
-        count += 1
-    row["peaks"], row["items"], row["dirty"] = dumps(peaks), count, True
+    """Append billed items to the period row's lineage tree (its compact range); the tree is
+    parsed once per batch and kept as a list until the row is written."""
+    tree = row.get("tree")
+    if tree is None:
+        tree = row["tree"] = json.loads(row["peaks"])
+    row["items"], _ = grow(tree, int(row["items"]), 0, items)
+    row["peaks"], row["dirty"] = dumps(tree), True
 
 
 def _stamp_peaks(row: dict[str, Any], delta: dict[str, Any]) -> None:
     """A billed delta row keeps the tree as it stood after its event, for as_of digests."""
     delta["peaks"], delta["items"] = row["peaks"], row["items"]
+
+
+def invoice_row(view: dict[str, Any], position: int) -> dict[str, Any]:
+    """An invoice view as its row: lines as JSON, and the position of the event that issued
+    it (0 for a draft)."""
+    return {**view, "lines": dumps(view["lines"]), "position": position}
 
 
 class InvoicesProjection(Projection):
@@ -120,12 +128,13 @@ class InvoicesProjection(Projection):
         carried: list[dict[str, Any]],
         currency: str,
     ) -> list[dict[str, Any]]:
-        return usage_lines(period, meters, charges, currency) + carried_lines(carried, currency)
+        return invoice_lines(period, meters, charges, carried, currency)
 
     # Applying events ------------------------------------------------------------------------
 
     def apply(self, cur: Cursor, events: Sequence[tuple[int, str, Any]]) -> None:
         batch = BatchState(self, cur)
+        batch.load(events)
         handlers = {
             "BillingPeriod.Opened": self._on_period_opened,
             "BillingPeriod.UsageRecorded": self._on_usage,
@@ -140,7 +149,7 @@ class InvoicesProjection(Projection):
         }
         for position, topic, event in events:
             handlers[topic](batch, position, event)
-        self._write(batch)
+        write_batch(self, batch)
 
     def _on_period_opened(self, b: BatchState, position: int, e: Any) -> None:
         row = {
@@ -164,6 +173,7 @@ class InvoicesProjection(Projection):
             "currency": e.currency,
             "subscriptions": [],
         }
+        b.by_uuid[e.originator_id.hex] = e.customer_id
         b.changed_customers.add(e.customer_id)
 
     def _on_subscribed(self, b: BatchState, position: int, e: Any) -> None:
@@ -177,60 +187,39 @@ class InvoicesProjection(Projection):
             }
         )
         b.changed_customers.add(customer_id)
-        for row in b.cur.all(
-            f"SELECT period FROM {self.t('periods')} WHERE customer_id = ? "
-            "AND period >= ? AND status = 'open'",
-            [customer_id, e.effective_from],
-        ):
-            b.touched.add((customer_id, row["period"]))
+        for period in b.open_periods.get(customer_id, ()):
+            if period >= e.effective_from:
+                b.touched.add((customer_id, period))
         for row in b.periods.values():
             if row["customer_id"] == customer_id and row["period"] >= e.effective_from:
                 b.touched.add((customer_id, row["period"]))
 
     def _on_plan_published(self, b: BatchState, position: int, e: Any) -> None:
-        b.cur.execute(
-            f"INSERT INTO {self.t('plans')} VALUES (?, ?, ?, ?)",
-            [e.originator_id.hex, e.version, e.currency, dumps(e.charges)],
-        )
+        b.plans.append((e.originator_id.hex, e.version, e.currency, dumps(e.charges)))
 
     def _on_usage(self, b: BatchState, position: int, e: Any) -> None:
         row = b.period(e.originator_id)
         customer_id, period = row["customer_id"], row["period"]
-        billed = e.treatment != CARRIED
-        kind = BILLED if billed else LATE
-        by_meter: dict[str, dict[str, Any]] = {}
-        hashes = usage_hashes(e.records, e.received_at, e.emitter, e.key_id) if billed else None
-        for record in e.records:
-            meter = record[2]
-            delta = by_meter.get(meter)
-            if delta is None:
-                aggregation, field = e.meters[meter]
-                delta = by_meter[meter] = b.delta(
-                    customer_id, period, meter, position, kind, aggregation, field
-                )
-            quantity = Decimal(record[3])
-            value = (
-                tracked_value(delta, quantity, record[5])
-                if delta["aggregation"] in ("max", "unique_count")
-                else None
-            )
-            add_record(delta, quantity, value)
-            if not billed:
-                b.carried_ids.append((customer_id, period, record[0]))
+        billed = is_billed(e.treatment)
+        balance = b.balance(customer_id, period)
+        for meter, change in usage_deltas(e.records, e.meters, balance).items():
+            b.delta(customer_id, period, meter, position, BILLED if billed else LATE, change)
+            totals = b.meter(customer_id, period, meter, change)
+            if billed:
+                add_totals(totals, change)
         b.received[position] = e.received_at
         if billed:
-            _add_leaves(row, hashes)  # type: ignore[arg-type]
-        for meter, delta in by_meter.items():
-            totals = b.meter(customer_id, period, meter, delta["aggregation"], delta["field"])
-            if billed:
-                add_totals(totals, delta)
-                _stamp_peaks(row, delta)
-        if billed:
+            _add_leaves(row, usage_hashes(e.records, e.received_at, e.emitter, e.key_id))
+            for meter in {r[2] for r in e.records}:
+                _stamp_peaks(row, b.deltas[(customer_id, period, meter, position, BILLED)])
             b.touched.add((customer_id, period))
+        else:
+            for r in e.records:
+                b.carry(customer_id, period, r[0])
 
     def _on_carried(self, b: BatchState, position: int, e: Any) -> None:
         row = b.period(e.originator_id)
-        _add_leaves(row, (int(source[2], 16) for source in e.sources))
+        _add_leaves(row, source_items(e.sources))
         b.carried.append(
             (
                 row["customer_id"],
@@ -251,83 +240,47 @@ class InvoicesProjection(Projection):
         row = b.period(e.originator_id)
         customer_id, period = row["customer_id"], row["period"]
         net_before = e.original_quantity - b.compensated_so_far(customer_id, period, e.event_id)
-        b.compensated[(customer_id, period, e.event_id)] += e.quantity
+        b.compensate(customer_id, period, e.event_id, e.quantity)
         b.received[position] = e.received_at
-        totals = b.meter(customer_id, period, e.meter, "sum", None)
-        billed = e.treatment != CARRIED and not b.was_carried(customer_id, period, e.event_id)
-        delta = b.delta(
-            customer_id,
-            period,
-            e.meter,
-            position,
-            BILLED if billed else LATE,
-            totals["aggregation"],
-            totals["field"],
-        )
-        before = tracked_value(totals, net_before, e.properties)
-        after = tracked_value(totals, net_before - e.quantity, e.properties)
-        delta["sum"] -= e.quantity
-        if before is not None:
-            delta["values"][before] = delta["values"].get(before, 0) - 1
-        if net_before - e.quantity <= 0:
-            delta["count"] -= 1
-        elif after is not None:
-            delta["values"][after] = delta["values"].get(after, 0) + 1
+        totals = b.meter(customer_id, period, e.meter, None)
+        change = compensation_delta(totals, e.quantity, net_before, e.properties)
+        billed = is_billed(e.treatment) and not b.was_carried(customer_id, period, e.event_id)
+        delta = b.delta(customer_id, period, e.meter, position, BILLED if billed else LATE, change)
         if billed:
-            compensate_record(
-                totals, e.quantity, net_before=net_before, value_before=before, value_after=after
+            add_totals(totals, change)
+            item = compensation_hash(
+                e.compensation_id,
+                e.event_id,
+                e.submitted_customer_id,
+                e.meter,
+                e.quantity,
+                e.reason,
+                e.received_at,
+                e.actor,
             )
-            _add_leaves(
-                row,
-                [
-                    compensation_hash(
-                        e.compensation_id,
-                        e.event_id,
-                        e.submitted_customer_id,
-                        e.meter,
-                        e.quantity,
-                        e.reason,
-                        e.received_at,
-                        e.actor,
-                    )
-                ],
-            )
+            _add_leaves(row, [item])
             _stamp_peaks(row, delta)
             b.touched.add((customer_id, period))
 
     def _on_adjusted(self, b: BatchState, position: int, e: Any) -> None:
         row = b.period(e.originator_id)
         customer_id, period = row["customer_id"], row["period"]
-        billed = e.treatment != CARRIED
-        delta = b.delta(
-            customer_id,
-            period,
-            e.meter,
-            position,
-            BILLED if billed else LATE,
-            e.aggregation,
-            e.field,
-        )
-        delta["adjustment"] += e.quantity
+        billed = is_billed(e.treatment)
+        change = adjustment_delta(e.aggregation, e.field, e.quantity)
+        delta = b.delta(customer_id, period, e.meter, position, BILLED if billed else LATE, change)
         b.received[position] = e.received_at
         if billed:
-            b.meter(customer_id, period, e.meter, e.aggregation, e.field)["adjustment"] += (
-                e.quantity
+            add_totals(b.meter(customer_id, period, e.meter, change), change)
+            item = adjustment_hash(
+                e.adjustment_id,
+                e.meter,
+                e.quantity,
+                e.occurred_at,
+                e.reason,
+                e.received_at,
+                e.actor,
             )
-            _add_leaves(
-                row,
-                [
-                    adjustment_hash(
-                        e.adjustment_id,
-                        e.meter,
-                        e.quantity,
-                        e.occurred_at,
-                        e.reason,
-                        e.received_at,
-                        e.actor,
-                    )
-                ],
-            )
+            _add_leaves(row, [item])
             _stamp_peaks(row, delta)
             b.touched.add((customer_id, period))
 
@@ -335,168 +288,14 @@ class InvoicesProjection(Projection):
         row = b.period(e.originator_id)
         row["status"] = "closed"
         row["dirty"] = True
-        b.cur.execute(
-            f"UPDATE {self.t('invoices')} SET status = 'superseded' "
-            "WHERE invoice_id = ? AND revision < ?",
-            [row["invoice_id"], e.revision],
+        view = issued_view(
+            row["customer_id"],
+            row["period"],
+            vars(e),
+            status="issued",
+            issued_at=stamp(e.closed_at),
         )
-        self._upsert_invoice(
-            b.cur,
-            {
-                "invoice_id": row["invoice_id"],
-                "revision": e.revision,
-                "customer_id": row["customer_id"],
-                "period": row["period"],
-                "status": "issued",
-                "currency": e.currency,
-                "lines": dumps(e.lines),
-                "total": str(e.total),
-                "lineage_digest": e.lineage_digest,
-                "plan_id": e.plan_id,
-                "plan_version": e.plan_version,
-                "issued_at": stamp(e.closed_at),
-                "position": position,
-            },
-        )
-
-    # Writing ----------------------------------------------------------------------------------
-
-    def _upsert_invoice(self, cur: Cursor, row: dict[str, Any]) -> None:
-        columns = list(row)
-        cur.execute(
-            f"INSERT INTO {self.t('invoices')} ({', '.join(columns)}) "
-            f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT (invoice_id, revision) "
-            f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in columns[2:])}",
-            [row[c] for c in columns],
-        )
-
-    def _write(self, b: BatchState) -> None:
-        cur = b.cur
-        b.period_rows = {(r["customer_id"], r["period"]): r for r in b.periods.values()}
-        for customer_id in b.changed_customers:
-            customer = b.customers[customer_id]
-            assert customer is not None
-            cur.execute(
-                f"INSERT INTO {self.t('customers')} VALUES (?, ?, ?, ?) ON CONFLICT "
-                "(customer_id) DO UPDATE SET subscriptions = excluded.subscriptions",
-                [
-                    customer_id,
-                    customer["uuid"],
-                    customer["currency"],
-                    dumps(customer["subscriptions"]),
-                ],
-            )
-        cur.executemany(
-            f"INSERT INTO {self.t('periods')} VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
-            "(period_uuid) DO UPDATE SET status = excluded.status, peaks = excluded.peaks, "
-            "items = excluded.items",
-            [
-                (
-                    r["period_uuid"],
-                    r["customer_id"],
-                    r["period"],
-                    r["invoice_id"],
-                    r["status"],
-                    r["peaks"],
-                    r["items"],
-                )
-                for r in b.periods.values()
-                if r.get("dirty")
-            ],
-        )
-        cur.executemany(
-            f"INSERT INTO {self.t('balances')} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
-            "(customer_id, period, meter) DO UPDATE SET sum = excluded.sum, "
-            "count = excluded.count, vals = excluded.vals, adjustment = excluded.adjustment",
-            [
-                (
-                    c,
-                    p,
-                    m,
-                    t["aggregation"],
-                    t["field"],
-                    str(t["sum"]),
-                    t["count"],
-                    dumps(t["values"]),
-                    str(t["adjustment"]),
-                )
-                for (c, p), meters in b.balances.items()
-                for m, t in meters.items()
-            ],
-        )
-        cur.executemany(
-            f"INSERT INTO {self.t('deltas')} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    c,
-                    p,
-                    m,
-                    pos,
-                    kind,
-                    stamp(b.received[pos]),
-                    t["aggregation"],
-                    t["field"],
-                    str(t["sum"]),
-                    t["count"],
-                    dumps(t["values"]),
-                    str(t["adjustment"]),
-                    t.get("peaks", "[]"),
-                    t["items"],
-                )
-                for (c, p, m, pos, kind), t in b.deltas.items()
-            ],
-        )
-        cur.executemany(
-            f"INSERT INTO {self.t('carried')} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", b.carried
-        )
-        cur.executemany(
-            f"INSERT INTO {self.t('carried_ids')} VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            b.carried_ids,
-        )
-        cur.executemany(
-            f"INSERT INTO {self.t('compensated')} VALUES (?, ?, ?, ?) ON CONFLICT "
-            "(customer_id, period, event_id) DO UPDATE SET quantity = excluded.quantity",
-            [(*key, str(q)) for key, q in b.compensated.items()],
-        )
-        for customer_id, period in sorted(b.touched):
-            self._write_draft(b, customer_id, period)
-
-    def _write_draft(self, b: BatchState, customer_id: str, period: str) -> None:
-        row = b.period_rows.get((customer_id, period))
-        if row is None:
-            row = b.cur.one(
-                f"SELECT * FROM {self.t('periods')} WHERE customer_id = ? AND period = ?",
-                [customer_id, period],
-            )
-        if row is None or row["status"] != "open":
-            return
-        customer = b.customer(customer_id)
-        if customer is None:
-            return
-        subscribed = plan_for(customer["subscriptions"], period)
-        charges = self.charges(b.cur, subscribed)
-        carried = self.carried_entries(b.cur, customer_id, period)
-        lines = self.draft_lines(
-            period, b.balance(customer_id, period), charges, carried, customer["currency"]
-        )
-        self._upsert_invoice(
-            b.cur,
-            {
-                "invoice_id": row["invoice_id"],
-                "revision": 1,
-                "customer_id": customer_id,
-                "period": period,
-                "status": "draft",
-                "currency": customer["currency"],
-                "lines": dumps(lines),
-                "total": total_of(lines),
-                "lineage_digest": root(json.loads(row["peaks"])),
-                "plan_id": subscribed[0] if subscribed else None,
-                "plan_version": subscribed[1] if subscribed else None,
-                "issued_at": None,
-                "position": 0,
-            },
-        )
+        b.issued.append(invoice_row(view, position))
 
     # Shared with the reads ----------------------------------------------------------------------
 
@@ -514,65 +313,20 @@ class InvoicesProjection(Projection):
     def carried_entries(
         self, cur: Cursor, customer_id: str, period: str, as_of: str | None = None
     ) -> list[dict[str, Any]]:
-        entries: dict[tuple[str, str], dict[str, Any]] = {}
+        entries: dict[str, dict[str, Any]] = {}
         for r in cur.all(
             f"SELECT from_period, meter, quantity, amount, received_at FROM "
             f"{self.t('carried')} WHERE customer_id = ? AND period = ?",
             [customer_id, period],
         ):
-            if as_of is not None and r["received_at"] > as_of:
-                continue
-            entry = entries.setdefault(
-                (r["from_period"], r["meter"]),
-                {
-                    "from_period": r["from_period"],
-                    "meter": r["meter"],
-                    "quantity": ZERO,
-                    "amount": ZERO,
-                },
-            )
-            entry["quantity"] += dec(r["quantity"])
-            entry["amount"] += dec(r["amount"])
+            if as_of is None or r["received_at"] <= as_of:
+                add_carried(
+                    entries, r["from_period"], r["meter"], dec(r["quantity"]), dec(r["amount"])
+                )
         return list(entries.values())
 
     # Rebuilds -----------------------------------------------------------------------------------
 
     def changes(self, cur: Cursor, live: Projection) -> list[dict[str, Any]]:
         """Every invoice revision whose lines or total differ between the live view and this."""
-        old, new = live.t("invoices"), self.t("invoices")
-
-        def view(status: str | None, total: str | None, lines: str | None) -> Any:
-            return (
-                None
-                if total is None
-                else {"status": status, "total": total, "lines": json.loads(lines or "[]")}
-            )
-
-        changed = []
-        for left, right, flip in ((old, new, False), (new, old, True)):
-            only = "" if not flip else " AND b.invoice_id IS NULL"
-            differ = (
-                ""
-                if flip
-                else " AND (b.invoice_id IS NULL OR a.total <> b.total OR a.lines <> b.lines)"
-            )
-            for r in cur.all(
-                f"SELECT a.invoice_id, a.revision, a.customer_id, a.period, a.status, "
-                f"a.total, a.lines, b.status AS b_status, b.total AS b_total, "
-                f"b.lines AS b_lines FROM {left} a LEFT JOIN {right} b ON "
-                f"a.invoice_id = b.invoice_id AND a.revision = b.revision "
-                f"WHERE 1 = 1{only}{differ}"
-            ):
-                mine = view(r["status"], r["total"], r["lines"])
-                theirs = view(r["b_status"], r["b_total"], r["b_lines"])
-                changed.append(
-                    {
-                        "invoice_id": r["invoice_id"],
-                        "customer_id": r["customer_id"],
-                        "period": r["period"],
-                        "revision": int(r["revision"]),
-                        "before": theirs if flip else mine,
-                        "after": mine if flip else theirs,
-                    }
-                )
-        return sorted(changed, key=lambda c: (c["customer_id"], c["period"], c["revision"]))
+        return invoice_changes(cur, live.t("invoices"), self.t("invoices"))

@@ -7,11 +7,18 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from billing_domain.invoicing import charge_amount, total_of
+from billing_domain.invoicing import (
+    Plan,
+    charge_amount,
+    draft_view,
+    issued_view,
+    plan_in_force,
+)
 from billing_domain.merkle import root
 from billing_domain.pricing import Charge
-from billing_domain.usage import decimal_text, new_totals
-from projections.batch import BILLED, add_totals, plan_for, totals_from_row
+from billing_domain.reducer import add_totals
+from billing_domain.usage import aggregate_quantity, decimal_text, new_totals
+from projections.batch import BILLED, totals_from_row
 from projections.errors import InvalidCursor
 from projections.ledger import InvoicesProjection
 from projections.store import Cursor
@@ -39,23 +46,20 @@ def decode_cursor(cursor: str | None, *kinds: type) -> list[Any] | None:
 
 
 def invoice_view(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "invoice_id": row["invoice_id"],
-        "customer_id": row["customer_id"],
-        "period": row["period"],
-        "revision": int(row["revision"]),
-        "status": row["status"],
-        "currency": row["currency"],
-        "lines": json.loads(row["lines"]),
-        "total": row["total"],
-        "lineage_digest": row["lineage_digest"],
-        "plan_id": row["plan_id"],
-        "plan_version": None if row["plan_version"] is None else int(row["plan_version"]),
-        "issued_at": row["issued_at"],
-    }
-
-
-Plan = tuple[str, int] | None
+    """An invoices row as the public invoice."""
+    lines = json.loads(row["lines"])
+    if row["status"] == "draft":
+        plan = None if row["plan_id"] is None else (row["plan_id"], int(row["plan_version"]))
+        return draft_view(
+            row["customer_id"], row["period"], row["currency"], lines, row["lineage_digest"], plan
+        )
+    return issued_view(
+        row["customer_id"],
+        row["period"],
+        {**row, "lines": lines},
+        status=row["status"],
+        issued_at=row["issued_at"],
+    )
 
 
 class InvoiceReads:
@@ -101,7 +105,7 @@ class InvoiceReads:
         if issued and issued[-1]["plan_id"]:
             plan = (issued[-1]["plan_id"], int(issued[-1]["plan_version"]))
         else:
-            plan = plan_for(json.loads(customer["subscriptions"]), period)
+            plan = plan_in_force(json.loads(customer["subscriptions"]), period)
         return self.p.charges(cur, plan), plan
 
     def customer(self, cur: Cursor, customer_id: str) -> dict[str, Any] | None:
@@ -118,8 +122,6 @@ class InvoiceReads:
             cur, customer, period, self.issued(cur, customer_id, period, as_of)
         )
         currency = customer["currency"]
-        from billing_domain.usage import aggregate_quantity
-
         items = []
         for charge in charges:
             totals = meters.get(charge.meter) or new_totals(charge.aggregation, charge.field)
@@ -183,20 +185,8 @@ class InvoiceReads:
             carried,
             customer["currency"],
         )
-        return {
-            "invoice_id": invoice_id,
-            "customer_id": customer_id,
-            "period": period,
-            "revision": 1,
-            "status": "draft",
-            "currency": customer["currency"],
-            "lines": lines,
-            "total": total_of(lines),
-            "lineage_digest": self.lineage_digest(cur, customer_id, period, as_of),
-            "plan_id": plan[0] if plan else None,
-            "plan_version": plan[1] if plan else None,
-            "issued_at": None,
-        }
+        digest = self.lineage_digest(cur, customer_id, period, as_of)
+        return draft_view(customer_id, period, customer["currency"], lines, digest, plan)
 
     def lineage_digest(
         self, cur: Cursor, customer_id: str, period: str, as_of: str | None = None

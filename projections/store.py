@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from adapters.sqlite import set_wal_mode
 from billing_domain.settings import Settings
+
+SQLITE_KEYS = 300  # keys per query: SQLite allows 32766 parameters
 
 
 class Cursor:
@@ -36,6 +38,62 @@ class Cursor:
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             self.raw.executemany(self._sql(sql), rows)
+
+    def rows_in(
+        self,
+        table: str,
+        columns: Sequence[str],
+        keys: Iterable[Sequence[Any]],
+        select: str = "*",
+        where: str = "",
+    ) -> list[dict[str, Any]]:
+        """Every row whose `columns` equal one of `keys` (text values), in one query on
+        PostgreSQL and in chunks of SQLITE_KEYS keys on SQLite (in process, no round trips)."""
+        wanted = list(dict.fromkeys(tuple(k) for k in keys))
+        if not wanted:
+            return []
+        extra = f" AND {where}" if where else ""
+        if self.postgres:
+            arrays = ", ".join(["%s::text[]"] * len(columns))
+            self.raw.execute(
+                f"SELECT {select} FROM {table} WHERE ({', '.join(columns)}) IN "
+                f"(SELECT * FROM unnest({arrays})){extra}",
+                [list(column) for column in zip(*wanted, strict=True)],
+            )
+            return [dict(row) for row in self.raw.fetchall()]
+        found: list[dict[str, Any]] = []
+        tuple_sql = "(" + ", ".join("?" * len(columns)) + ")"
+        for start in range(0, len(wanted), SQLITE_KEYS):
+            chunk = wanted[start : start + SQLITE_KEYS]
+            found += self.all(
+                f"SELECT {select} FROM {table} WHERE ({', '.join(columns)}) IN "
+                f"(VALUES {', '.join([tuple_sql] * len(chunk))}){extra}",
+                [value for key in chunk for value in key],
+            )
+        return found
+
+    def write_rows(
+        self,
+        table: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[Any]],
+        conflict: str = "",
+    ) -> None:
+        """Insert many rows in one statement (PostgreSQL: arrays through unnest; SQLite: one
+        prepared statement, in process). `columns` are (name, SQL type); `conflict` is the
+        ON CONFLICT clause, if any."""
+        if not rows:
+            return
+        names = ", ".join(name for name, _ in columns)
+        if self.postgres:
+            arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
+            self.raw.execute(
+                f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {conflict}",
+                [list(column) for column in zip(*rows, strict=True)],
+            )
+            return
+        marks = ", ".join("?" * len(columns))
+        self.raw.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks}) {conflict}", rows)
 
     def lock_ddl(self) -> None:
         """Serialise table creation between processes starting at once (SQLite's BEGIN
