@@ -4,6 +4,7 @@ activity, on both stores."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import replace
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import httpx
 import pytest
 from eventsourcing.persistence import StoredEvent
 
@@ -21,6 +23,8 @@ from billing_domain.settings import Settings
 from billing_domain.usage import UsageInput, iso
 from tests.api_support import ADMIN, bearer, event, http, setup_acme
 from tests.conftest import Clock
+from tests.test_workers_and_auth_cache import admin, refused_within, serving, setup
+from tests.test_workers_and_auth_cache import usage as live_usage
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NOW_EVENT = "2026-11-24T11:00:00Z"
@@ -394,3 +398,89 @@ def test_emitters_and_keys_stored_before_the_lifecycle_still_load_and_offboard(
         assert gone["keys_revoked"] == ["0123456789abcdef"]
         with pytest.raises(NotAuthenticated):
             app.authenticate("bk_0123456789abcdef_legacy-secret")
+
+
+def test_rotation_overlap_holds_across_two_server_processes(database_url: str) -> None:
+    with (
+        serving(database_url, 1) as (a, _),
+        serving(database_url, 1) as (b, _),
+        admin(a) as on_a,
+        admin(b),
+    ):
+        setup(on_a)
+        assert on_a.post(
+            "/v1/emitters/svc/grants", json={"customer_id": "*", "meters": ["*"]}
+        ).is_success
+        old = on_a.post("/v1/keys", json={"role": "emitter", "name": "k", "emitter_id": "svc"})
+        counter = iter(range(100_000))
+
+        def send(base: str, key: str) -> int:
+            answer = httpx.post(
+                f"{base}/v1/usage", json=live_usage(f"x{next(counter)}"), headers=bearer(key)
+            )
+            return answer.status_code
+
+        assert {send(a, old.json()["key"]), send(b, old.json()["key"])} == {202}  # cached
+        rotated = on_a.post(f"/v1/keys/{old.json()['key_id']}/rotate", json={"overlap_seconds": 4})
+        started = time.monotonic()
+        assert rotated.status_code == 201, rotated.text
+        new = rotated.json()["key"]
+        during = {send(base, key) for base in (a, b) for key in (old.json()["key"], new)}
+        assert time.monotonic() - started < 4 and during == {202}
+        time.sleep(max(0.0, 4.0 - (time.monotonic() - started)))
+        refused_within(lambda: send(b, old.json()["key"]), 401, 0.5)
+        assert send(a, old.json()["key"]) == 401
+        assert {send(a, new), send(b, new)} == {202}
+
+
+# The console -----------------------------------------------------------------------------------
+
+
+def _signed_in(client: Any, key: str) -> str:
+    """Sign in to the console; returns the session's CSRF token."""
+    form = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text)
+    assert form is not None
+    signed = client.post(
+        "/login", data={"key": key, "csrf_token": form.group(1)}, follow_redirects=False
+    )
+    assert signed.status_code == 303, signed.text
+    page = client.get("/identities")
+    assert page.status_code == 200, page.text
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert found is not None
+    return found.group(1)
+
+
+def test_the_console_lists_identities_and_rotates_and_offboards_after_confirmation(
+    settings: Settings, clock: Clock
+) -> None:
+    with http(settings, clock) as (client, services):
+        setup_acme(client)
+        emitter_key = emitter_with_key(client)
+        finance = client.post("/v1/keys", json={"role": "finance", "name": "books"}, headers=ADMIN)
+        clock.advance(days=31)
+        csrf = _signed_in(client, "test-admin-key")
+        page = client.get("/identities").text
+        assert "payments team" in page and "svc key" in page and "stale" in page
+        assert emitter_key["key"] not in page and finance.json()["key"] not in page
+        unconfirmed = client.post(
+            "/identities/emitters/svc/offboard", data={"csrf_token": csrf, "reason": "gone"}
+        )
+        assert unconfirmed.status_code == 422 and not services.app.emitter("svc").offboarded
+        rotated = client.post(
+            f"/identities/keys/{finance.json()['key_id']}/rotate",
+            data={"csrf_token": csrf, "confirm": "yes", "overlap_seconds": "60"},
+        )
+        assert rotated.status_code == 200 and "bk_" in rotated.text
+        done = client.post(
+            "/identities/emitters/svc/offboard",
+            data={"csrf_token": csrf, "reason": "gone", "confirm": "yes"},
+            follow_redirects=False,
+        )
+        assert done.status_code == 303 and services.app.emitter("svc").offboarded
+        assert (
+            client.post(
+                "/v1/usage", json=usage("c-1"), headers=bearer(emitter_key["key"])
+            ).status_code
+            == 401
+        )

@@ -13,7 +13,7 @@ from litestar.plugins import InitPluginProtocol
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from api.console import entry, operations, pages
+from api.console import entry, identities, operations, pages
 from api.console.errors import HANDLERS
 from api.console.sessions import SessionStore
 from api.console.signin import Console
@@ -40,6 +40,9 @@ ROUTES = [
     operations.projections,
     operations.rebuild,
     operations.switch,
+    identities.identities,
+    identities.offboard,
+    identities.rotate,
 ]
 
 
