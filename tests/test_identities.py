@@ -319,6 +319,32 @@ def test_last_use_is_kept_to_the_minute_without_a_write_per_request(
         assert {k["name"] for k in stale} == {"idle"}
 
 
+def test_concurrent_requests_of_many_keys_write_one_last_use_per_key_and_minute(
+    settings: Settings, clock: Clock
+) -> None:
+    with http(settings, clock) as (client, services):
+        app = services.app
+        keys = [
+            client.post("/v1/keys", json={"role": "finance", "name": f"k{i}"}, headers=ADMIN).json()
+            for i in range(4)
+        ]
+        before = app.recorder.max_notification_id()
+
+        def load(key: str) -> None:
+            for _ in range(250):
+                app.authenticate(key)
+
+        threads = [threading.Thread(target=load, args=(k["key"],)) for k in keys for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert app.recorder.max_notification_id() == before  # 2,000 authentications, no write
+        assert app.key_uses.flush() == 4
+        assert app.key_uses.flush() == 0
+        assert app.recorder.max_notification_id() == (before or 0) + 4
+
+
 # Activity --------------------------------------------------------------------------------------
 
 
