@@ -31,6 +31,7 @@ PLAN = {
     "currency": "USD",
     "charges": [{"meter": "api_calls", "model": "per_unit", "unit_amount": "1"}],
 }
+METER = {"meter": "m-meter", "name": "M", "aggregation": "sum"}
 
 # (method, route, roles allowed, a request path, its body)
 TABLE = [
@@ -82,6 +83,12 @@ TABLE = [
     ),
     ("POST", "/v1/plans", ADMIN_ONLY, "/v1/plans", PLAN),
     ("GET", "/v1/plans/{plan_id}", READ, "/v1/plans/std", None),
+    ("GET", "/v1/plans", READ, "/v1/plans?limit=1", None),
+    ("GET", "/v1/plans/{plan_id}/versions", READ, "/v1/plans/std/versions", None),
+    ("GET", "/v1/customers", READ, "/v1/customers?q=acme", None),
+    ("POST", "/v1/meters", ADMIN_ONLY, "/v1/meters", METER),
+    ("GET", "/v1/meters", READ, "/v1/meters", None),
+    ("GET", "/v1/meters/{meter}", READ, "/v1/meters/api_calls", None),
     (
         "POST",
         "/v1/customers/{customer_id}/periods/{period}/close",

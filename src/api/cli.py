@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "api.commands_identities",
     "api.commands_projections",
     "api.commands_proof",
+    "api.commands_catalogue",
 )
 
 

@@ -1,7 +1,7 @@
 """The billing application: every command the interfaces call, as business verbs.
 
 One event store serves every use case; each use case's commands are in a module of its own
-(`ingest`, `corrections`, `catalogue`, `closing`, `access`), combined here.
+(`ingest`, `corrections`, `catalogue`, `meters`, `listing`, `closing`, `access`), combined here.
 """
 
 from __future__ import annotations
@@ -12,13 +12,21 @@ from billing_domain.closing import PeriodCommands
 from billing_domain.core import check_identifier, check_period, period_start
 from billing_domain.corrections import CorrectionCommands
 from billing_domain.ingest import IngestCommands
+from billing_domain.listing import ListingCommands
+from billing_domain.meters import MeterCommands
 from billing_domain.period import BillingPeriod
 
 __all__ = ["BillingApplication", "check_identifier", "check_period", "period_start"]
 
 
 class BillingApplication(
-    IngestCommands, CorrectionCommands, CatalogueCommands, PeriodCommands, AccessCommands
+    IngestCommands,
+    CorrectionCommands,
+    ListingCommands,
+    CatalogueCommands,
+    MeterCommands,
+    PeriodCommands,
+    AccessCommands,
 ):
     name = "billing"
     snapshotting_intervals = {BillingPeriod: 200}  # noqa: RUF012

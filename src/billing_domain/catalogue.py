@@ -31,6 +31,7 @@ from billing_domain.ids import (
     period_uuid,
     plan_uuid,
 )
+from billing_domain.meters import MeterCommands
 from billing_domain.period import BillingPeriod
 from billing_domain.plan import Plan
 from billing_domain.pricing import check_currency, parse_charges
@@ -48,7 +49,7 @@ class CustomerLookup(ApplicationCore):
         return customer
 
 
-class CatalogueCommands(CustomerLookup):
+class CatalogueCommands(MeterCommands, CustomerLookup):
     def open_customer(
         self,
         customer_id: str,
@@ -121,12 +122,18 @@ class CatalogueCommands(CustomerLookup):
         """Publish a plan's next version; existing subscriptions keep theirs."""
         check_identifier(plan_id, "plan_id")
         check_currency(currency)
+        charges = self._charges_with_meters(charges)
         normalised = [c.to_dict() for c in parse_charges(charges, strict=True)]
 
         def attempt() -> tuple[str, int]:
+            meters = self._meters_of_charges(plan_id, normalised, principal)
             plan = self._find(plan_uuid(plan_id), Plan) or Plan(plan_id=plan_id)
             version = plan.publish_next(currency, normalised, principal.actor)
-            self.save(plan)
+            try:
+                self.save(plan, *meters)
+            except IntegrityError:
+                self.meter_registry.refresh()
+                raise
             return plan_id, version
 
         return self._retry(attempt)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from contextlib import suppress
 from copy import deepcopy
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.application import (
@@ -43,6 +43,7 @@ from billing_domain.ids import (
     period_uuid,
     plan_uuid,
 )
+from billing_domain.meter import MeterRegistry
 from billing_domain.period import BillingPeriod
 from billing_domain.plan import Plan
 from billing_domain.ports import KeyStore
@@ -60,6 +61,11 @@ MAX_ATTEMPTS = 50
 _PERIOD = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 T = TypeVar("T", bound=Aggregate)
 R = TypeVar("R")
+
+
+class MeterShape(NamedTuple):
+    aggregation: str
+    field: str | None
 
 
 def check_period(text: str, field: str = "period") -> str:
@@ -125,6 +131,7 @@ class ApplicationCore(Application[UUID]):
         super().__init__(env=env)
         self.key_store = cast(KeyStore, self.recorder)
         self.refusals = RefusalLog(lambda facts: self.save(*facts))
+        self.meter_registry = MeterRegistry(self._read_topics)
 
     repository: CachingRepository
 
@@ -207,19 +214,21 @@ class ApplicationCore(Application[UUID]):
         subscribed = customer.plan_for(period)
         return (self._plan_charges(*subscribed) if subscribed else ()), customer.currency
 
-    def _charge_for(self, customer: Customer, period: str, meter: str) -> Charge:
+    def _read_topics(self, start: int, limit: int, topics: list[str]) -> list[tuple[int, Any]]:
+        page = self.recorder.select_notifications(start, limit, topics=topics)
+        return [(n.id, self.mapper.to_domain_event(n)) for n in page]
+
+    def _meter_shape(self, customer: Customer, period: str, meter: str) -> MeterShape:
+        """How a meter's usage is aggregated: as registered, whatever the customer's plan;
+        else as the charge of the plan in force names it; an unknown meter is refused."""
+        registered = self.meter_registry.get(meter)
+        if registered is not None:
+            return MeterShape(registered.aggregation, registered.field)
         subscribed = customer.plan_for(period)
-        if subscribed is None:
-            raise UnknownMeter(
-                f"customer {customer.customer_id!r} has no plan in force for {period}"
-            )
-        for charge in self._plan_charges(*subscribed):
+        for charge in self._plan_charges(*subscribed) if subscribed else ():
             if charge.meter == meter:
-                return charge
-        raise UnknownMeter(
-            f"meter {meter!r} is not charged by plan {subscribed[0]!r} "
-            f"version {subscribed[1]} for {period}"
-        )
+                return MeterShape(charge.aggregation, charge.field)
+        raise UnknownMeter(f"no meter {meter!r} is registered")
 
     def _billed_customer(self, customer: Customer, occurred_at: datetime) -> Customer:
         seen = {customer.customer_id}

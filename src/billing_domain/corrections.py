@@ -114,6 +114,12 @@ class CorrectionCommands(CustomerLookup):
             period = self._find(row.originator_id, BillingPeriod)
             assert period is not None
             pending[period.id] = period
+            if period.known.get(record[2], {}).get("aggregation") == "latest":
+                raise InvalidInput(
+                    "a latest meter's reading is corrected by a newer reading or an "
+                    "adjustment, not compensated",
+                    field="event_id",
+                )
             original = Decimal(record[3])
             amount = quantity if quantity is not None else period.net_quantity(event_id, original)
             if amount <= 0:
@@ -214,7 +220,7 @@ class CorrectionCommands(CustomerLookup):
                 return self._correction_view("adjustment", adjustment_id, done, "duplicate")
             billed = self._billed_customer(self._customer_in_path(customer_id), occurred_at)
             period_name = period_of(occurred_at)
-            charge = self._charge_for(billed, period_name, meter)
+            charge = self._meter_shape(billed, period_name, meter)
             pending: dict[UUID, Aggregate] = {}
             period = self._period_for_write(billed.customer_id, period_name, pending)
             treatment = self._late_treatment(period)

@@ -103,6 +103,11 @@ class PlanNotFound(NotFound, UnknownPlan):
     field = "plan_id"
 
 
+class MeterNotFound(NotFound, UnknownMeter):
+    code = "unknown_meter"
+    field = "meter"
+
+
 class Conflict(BillingError):
     code = "conflict"
 
@@ -110,6 +115,13 @@ class Conflict(BillingError):
 class CustomerExists(Conflict):
     code = "customer_exists"
     field = "customer_id"
+
+
+class MeterConflict(Conflict):
+    """A meter's aggregation and field are fixed once registered."""
+
+    code = "meter_conflict"
+    field = "aggregation"
 
 
 class EmitterExists(Conflict):

@@ -29,3 +29,7 @@ def key_uuid(key_id: str) -> UUID:
 
 def invoice_id(customer_id: str, period: str) -> str:
     return f"inv_{period_uuid(customer_id, period).hex}"
+
+
+def meter_uuid(meter: str) -> UUID:
+    return uuid5(NAMESPACE, f"meter:{meter}")

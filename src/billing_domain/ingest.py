@@ -20,6 +20,7 @@ from eventsourcing.persistence import (
 from billing_domain.bounds import MAX_EVENT_ID_LENGTH, bounded_decimal, check_properties
 from billing_domain.core import (
     ApplicationCore,
+    MeterShape,
     check_identifier,
 )
 from billing_domain.customer import Customer
@@ -41,7 +42,6 @@ from billing_domain.ids import (
 )
 from billing_domain.period import BillingPeriod
 from billing_domain.ports import KeyRow
-from billing_domain.pricing import Charge
 from billing_domain.reducer import Treatment
 from billing_domain.usage import (
     UsageInput,
@@ -97,7 +97,7 @@ class _Routed:
     payload_hash: str
     billed_customer_id: str
     period: str
-    charge: Charge
+    charge: MeterShape
 
 
 class IngestCommands(ApplicationCore):
@@ -170,7 +170,7 @@ class IngestCommands(ApplicationCore):
                     raise UnknownCustomer(f"no customer {item.customer_id!r}")
                 billed = self._billed_customer(customer, item.occurred_at)
                 period = period_of(item.occurred_at)
-                charge = self._charge_for(billed, period, item.meter)
+                charge = self._meter_shape(billed, period, item.meter)
                 routed.append(
                     _Routed(index, item, principal, digest, billed.customer_id, period, charge)
                 )

@@ -42,7 +42,7 @@ MINOR_UNITS: dict[str, int] = {
     "BHD": 3,
     "OMR": 3,
 }
-AGGREGATIONS = ("sum", "count", "max", "unique_count")
+AGGREGATIONS = ("sum", "count", "max", "unique_count", "latest")
 MODELS = ("per_unit", "graduated", "volume", "package")
 CHARGE_FIELDS = {"meter", "aggregation", "model", "field", "included_quantity"}
 MODEL_FIELDS = {

@@ -26,6 +26,8 @@ from billing_domain.usage import (
     DIGEST_MODULUS,
     aggregate_quantity,
     copy_totals,
+    keep_latest,
+    latest_key,
     new_totals,
     tracked_value,
 )
@@ -80,6 +82,8 @@ def add_totals(into: Totals, delta: Mapping[str, Any]) -> None:
             values[value] = left
         else:
             values.pop(value, None)
+    if into["aggregation"] == "latest":
+        keep_latest(values)
 
 
 def shape(existing: Mapping[str, Totals], meter: str, declared: Sequence[Any]) -> Totals:
@@ -104,6 +108,10 @@ def usage_deltas(
         if delta is None:
             delta = deltas[meter] = shape(existing, meter, meters[meter])
         quantity = Decimal(record[3])
+        if delta["aggregation"] == "latest":
+            before = existing[meter]["count"] if meter in existing else 0
+            delta["values"][latest_key(record[4], before + delta["count"], quantity)] = 1
+            keep_latest(delta["values"])
         delta["sum"] += quantity
         delta["count"] += 1
         if delta["aggregation"] in TRACKED:

@@ -100,7 +100,8 @@ def digest_text(accumulator: int, items: int) -> str:
 
 
 # A meter's running totals are plain dicts so aggregate snapshots stay transcodable.
-# "values" is kept only for max and unique_count meters: a multiset of net values.
+# "values" is kept only for max and unique_count meters: a multiset of net values; a latest
+# meter keeps there its latest reading alone (latest_key).
 
 
 def new_totals(aggregation: str, field_name: str | None) -> dict[str, Any]:
@@ -161,6 +162,21 @@ def compensate_record(
         totals["values"][value_after] = totals["values"].get(value_after, 0) + 1
 
 
+def latest_key(occurred_at: str, ordinal: int, quantity: Decimal) -> str:
+    """A `latest` meter's reading as a value whose text orders readings by occurred_at, then
+    by the order they were received (`ordinal`, the meter's record count before it)."""
+    moment = datetime.fromisoformat(occurred_at).astimezone(UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S.%f}|{ordinal:012d}|{decimal_text(quantity)}"
+
+
+def keep_latest(values: dict[str, int]) -> None:
+    """A `latest` meter keeps only its latest reading: the greatest key."""
+    if len(values) > 1:
+        latest = max(values)
+        values.clear()
+        values[latest] = 1
+
+
 def aggregate_quantity(totals: dict[str, Any]) -> Decimal:
     """The meter's aggregate, net of compensations, plus signed manual adjustments."""
     aggregation = totals["aggregation"]
@@ -171,6 +187,8 @@ def aggregate_quantity(totals: dict[str, Any]) -> Decimal:
         base = Decimal(totals["count"])
     elif aggregation == "max":
         base = max((Decimal(v) for v in totals["values"]), default=ZERO)
+    elif aggregation == "latest":
+        base = Decimal(max(totals["values"]).rsplit("|", 1)[1]) if totals["values"] else ZERO
     else:
         base = Decimal(len(totals["values"]))
     adjustment: Decimal = totals["adjustment"]

@@ -37,6 +37,8 @@ from billing_domain.usage import (
     decimal_text,
     digest_text,
     item_hash,
+    keep_latest,
+    latest_key,
     new_totals,
     payload_hash,
     tracked_value,
@@ -293,7 +295,12 @@ class PeriodLedger:
             quantity = Decimal(quantity_text)
             if billed:
                 totals = self.billed.get(meter) or self._meter(meter, *meters[meter])
-                add_record(totals, quantity, tracked_value(totals, quantity, properties))
+                if totals["aggregation"] == "latest":
+                    latest = latest_key(occurred, totals["count"], quantity)
+                    add_record(totals, quantity, latest)
+                    keep_latest(totals["values"])
+                else:
+                    add_record(totals, quantity, tracked_value(totals, quantity, properties))
                 self._accumulate(next(hashes), "usage", event_id)  # type: ignore[arg-type]
             else:
                 self.carried_ids.add(event_id)

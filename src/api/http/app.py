@@ -23,6 +23,7 @@ from api.bootstrap import Services
 from api.console import ConsolePlugin
 from api.http.auth import current_caller
 from api.http.body import ExactRequest
+from api.http.catalogue import CATALOGUE_ROUTES
 from api.http.customers import CustomerController, PlanController
 from api.http.errors import HANDLERS
 from api.http.group_commit import GroupCommitter
@@ -45,6 +46,7 @@ ROUTES: list[ControllerRouterHandler] = [
     InvoiceController,
     OperationsController,
     IdentityController,
+    *CATALOGUE_ROUTES,
 ]
 
 
