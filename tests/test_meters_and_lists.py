@@ -7,6 +7,7 @@ plan, and billed from the log once a plan in force prices it."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -16,6 +17,8 @@ from eventsourcing.persistence import StoredEvent
 
 from api.cli import main
 from billing_domain.ids import invoice_id
+from billing_domain.reducer import add_totals, fold, usage_deltas
+from billing_domain.usage import aggregate_quantity, new_totals
 from tests.api_support import ADMIN, event, http, setup_acme
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -336,3 +339,29 @@ def test_the_cli_lists_customers_plans_and_meters(settings: Any, clock: Any) -> 
     assert "seats" in table.output and "latest" in table.output
     bad = runner.invoke(main, ["customers", "list", "--cursor", "nope"], env=env)
     assert bad.exit_code == 2 and "cursor" in bad.output
+
+
+def test_latest_readings_fold_to_the_same_figure_in_any_order_of_deltas() -> None:
+    meters = {"seats": ["latest", None]}
+    readings = [
+        ["r1", "acme", "seats", "5", "2026-10-03T09:00:00Z", {}],
+        ["r2", "acme", "seats", "8", "2026-10-20T09:00:00.5Z", {}],
+        ["r3", "acme", "seats", "12", "2026-10-20T09:00:00Z", {}],
+    ]
+    period: dict[str, Any] = {}
+    deltas = []
+    for record in readings:
+        delta = usage_deltas([record], meters, period)
+        fold(period, delta)
+        deltas.append(delta["seats"])
+    assert aggregate_quantity(period["seats"]) == Decimal(8)
+    backwards = new_totals("latest", None)
+    for delta in reversed(deltas):
+        add_totals(backwards, delta)
+    assert aggregate_quantity(backwards) == Decimal(8) and len(backwards["values"]) == 1
+    # The same instant: the reading received last is the latest.
+    fold(
+        period,
+        usage_deltas([["r4", "acme", "seats", "3", "2026-10-20T09:00:00.5Z", {}]], meters, period),
+    )
+    assert aggregate_quantity(period["seats"]) == Decimal(3)
