@@ -257,6 +257,8 @@ def test_customers_and_plans_are_listed_a_page_at_a_time(settings: Any, clock: A
             c["customer_id"] for p in pages(client, "/v1/customers", plan_id="pro") for c in p
         ]
         assert on_pro == ["c1"]
+        every = pages(client, "/v1/customers", q="", plan_id="")
+        assert [c["customer_id"] for p in every for c in p] == ids
         bad = client.get("/v1/customers", headers=ADMIN, params={"cursor": "x1"})
         assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "cursor"
 

@@ -60,6 +60,7 @@ class ListingCommands(CatalogueCommands):
     ) -> Page[Customer]:
         """Customers in the order they were opened; `q` matches a part of the id or the
         current name (any case), `plan_id` the plan in force this period."""
+        q, plan_id = q or None, plan_id or None  # an empty parameter filters nothing
         needle = check_text(q, "q", MAX_NAME_LENGTH).casefold() if q is not None else None
         if plan_id is not None:
             check_id(plan_id, "plan_id")
