@@ -1,9 +1,5 @@
-"""What a billing period's stored events prove, recomputed without the classes being checked.
-
-The reconciliation reads stored events as JSON (not as domain objects), feeds each period's
-events to a `PeriodLedger` and compares the result with the replayed aggregate, the read
-models and the invoices recorded at close. The ledger uses only the pure helpers of `usage`
-and `pricing`: the same arithmetic, none of the aggregate's state or the library's mapper.
+"""What a billing period's stored events prove, recomputed without the classes being checked:
+the reconciliation's `PeriodLedger`, the per-item hashes and the lineage proofs.
 """
 
 from __future__ import annotations
@@ -113,9 +109,8 @@ def adjustment_hash(
 
 
 def stored_payload_hash(record: list[Any]) -> str:
-    """The idempotency payload hash of a stored usage record taken from its stored texts as
-    they are: equal to `record_payload_hash` when the record holds the canonical quantity and
-    time the ingest writes (a record whose texts are not canonical needs the slow form)."""
+    """`record_payload_hash` from the stored texts as they are: equal to it for the canonical
+    quantity and time the ingest writes (other texts need the slow form)."""
     event_id, customer_id, meter, quantity, occurred_at, properties = record
     canonical = "\x1f".join(
         (customer_id, event_id, meter, quantity, occurred_at, _part(properties))
@@ -201,14 +196,12 @@ class Leaf:
 
 @dataclass
 class PeriodLedger:
-    """One billing period's billed totals and lineage digest, from its stored events.
-
-    This is the deliberately independent re-computation the reconciliation needs: it reads
-    the events' decoded JSON, keeps its own totals, net quantities and lineage tree, and
-    shares neither the aggregate's fold nor the projections' (nor any reducer of theirs),
-    only the pure arithmetic of `usage` and `pricing`. Were it to share their fold, a defect
-    in that fold would agree with itself and the reconciliation could not see it.
-    Per record it keeps the net quantity's text (and any properties) a compensation needs.
+    """One billing period's billed totals and lineage digest, from its stored events: the
+    deliberately independent re-computation the reconciliation needs. It reads the decoded
+    JSON and keeps its own totals, net quantities (per record, the text a compensation needs)
+    and lineage tree, sharing neither the aggregate's fold nor the projections' nor their
+    reducer, only the pure arithmetic of `usage` and `pricing`: a defect in a shared fold
+    would agree with itself and the reconciliation could not see it.
     """
 
     originator_id: UUID
