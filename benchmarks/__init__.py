@@ -1,1 +1,1 @@
-"""Benchmarks for the billing service; run them as `python -m benchmarks.<name>` from the repo root."""
+"""Benchmarks for the billing service; run each as `python -m benchmarks.<name>` from the root."""

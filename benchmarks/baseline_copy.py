@@ -73,7 +73,7 @@ def make_records(count: int, run: int) -> list[Record]:
 
 @contextmanager
 def scratch_table(conn: psycopg.Connection[Any]) -> Iterator[sql.Composable]:
-    """A fresh schema with a usage_records table; yields the qualified table name, drops the schema."""
+    """A fresh schema with a usage_records table; yields the table's name, then drops the schema."""
     schema = sql.Identifier(f"bench_baseline_{os.getpid()}")
     table = sql.SQL("{}.usage_records").format(schema)
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
@@ -154,7 +154,7 @@ def timed_runs(
 
 
 def measure_copy_baseline(dsn: str | None = None, rows: int = 100_000, runs: int = 5) -> float:
-    """Median rows/s of COPY in 10,000-row transactions (for other benchmarks to compare against)."""
+    """Median rows/s of COPY in 10,000-row transactions (the baseline other benchmarks quote)."""
     with psycopg.connect(dsn or pg_dsn(), autocommit=True) as conn, scratch_table(conn) as table:
         return median_of(timed_runs(conn, table, write_copy, rows, runs))
 

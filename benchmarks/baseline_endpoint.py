@@ -42,7 +42,8 @@ def bare_app_command(port: int) -> list[str]:
 
 
 def check_endpoint(port: int) -> None:
-    """Fail fast if the app does not answer as specified (202 for a good body, 400 for a bad one)."""
+    """Fail fast if the app does not answer as specified (202 for a good body, 400 for a bad
+    one)."""
     headers = {"Content-Type": "application/json"}
     status, body = http_request(port, "POST", "/v1/usage", usage_body("check", 0, 1), headers)
     if status != 202 or json.loads(body) != {"event_id": "check-0-1", "status": "accepted"}:
@@ -63,7 +64,8 @@ def measure_bare_endpoint(
     wrk_threads: int = 1,
     warmup: int = 1,
 ) -> dict[str, Any]:
-    """Serve the bare app, load it `runs` times; per-run figures plus medians and the server's peak RSS."""
+    """Serve the bare app, load it `runs` times; per-run figures, medians and the server's peak
+    RSS."""
     chosen = choose_generator(generator)
     port = free_port()
     results: list[LoadResult] = []

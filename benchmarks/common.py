@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: statistics, result tables, memory, local servers, DSN."""
+"""Helpers the benchmark scripts share: statistics, result tables, memory, local servers, DSN."""
 
 from __future__ import annotations
 

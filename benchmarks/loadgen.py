@@ -53,7 +53,8 @@ def usage_body(
     if dup_every > 0 and n > 1 and n % dup_every == 0:
         n -= 1
     return (
-        f'{{"event_id":"{prefix}-{worker}-{n}","customer_id":"cust-{n % customers}","meter":"api_calls",'
+        f'{{"event_id":"{prefix}-{worker}-{n}","customer_id":"cust-{n % customers}",'
+        '"meter":"api_calls",'
         f'"quantity":"1.5","occurred_at":"{occurred_at}",'
         f'"properties":{{"region":"eu-west-1","status":200}}}}'
     ).encode()
@@ -123,7 +124,8 @@ def run_load(
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when installed (uvicorn[standard] brings it): a cheaper client leaves more CPU to the server."""
+    """uvloop when installed (uvicorn[standard] brings it): a cheaper client leaves the server
+    more CPU."""
     try:
         import uvloop
     except ImportError:
@@ -174,7 +176,8 @@ def _run_wrk(
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
     r = json.loads(line.removeprefix("BENCH_RESULT "))
-    # wrk counts statuses >= 400 as errors; 2xx/3xx answers other than the expected one are not seen.
+    # wrk counts statuses >= 400 as errors; 2xx/3xx answers other than the expected one are not
+    # seen.
     errors = sum(v for k, v in r.items() if k.startswith("errors_"))
     return LoadResult(
         generator=f"wrk (-t{threads})",
@@ -239,7 +242,8 @@ async def _client(
         body = usage_body(label, worker, n, *body_args)
         request = (
             (
-                f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Type: application/json\r\n"
+                f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
+                "Content-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n"
             ).encode()
             + headers
