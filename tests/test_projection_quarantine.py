@@ -104,7 +104,11 @@ def test_health_and_reconciliation_name_it_and_a_retry_after_the_fix_clears_it(
         assert body["status"] == "degraded" and body["store"]["status"] == "ok"
         assert any("invoices_v1" in r and "quarantined" in r for r in body["reasons"])
         listed = client.get("/v1/projections", headers=ADMIN).json()["items"]
-        assert {(i["name"], i["quarantined"]) for i in listed} == {("activity", 0), ("audit", 0), ("invoices", 1)}
+        assert {(i["name"], i["quarantined"]) for i in listed} == {
+            ("activity", 0),
+            ("audit", 0),
+            ("invoices", 1),
+        }
         held = client.get("/v1/projections/invoices/quarantine", headers=ADMIN).json()["items"]
         assert [h["notification_id"] for h in held] == [poison]
 

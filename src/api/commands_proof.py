@@ -298,7 +298,8 @@ def export_rows(
 
 
 def _lineage(models: Any, invoice: dict[str, Any], line: int) -> list[dict[str, Any]]:
-    rows, cursor = [], None
+    rows: list[dict[str, Any]] = []
+    cursor = None
     while True:
         page = models.lineage(invoice["invoice_id"], line, cursor=cursor, limit=1000)
         if page is None:
