@@ -10,7 +10,6 @@ import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError
 
 from billing_domain.ports import KeyRow
-from billing_domain.settings import Settings
 
 # SQLSTATE classes of a lost or refused connection, and of an operator stopping the server.
 _CONNECTION_STATES = ("08", "57P")
@@ -27,19 +26,6 @@ def key_row(r: Any, originator_id: UUID) -> KeyRow:
         r["meter"],
         r["quantity"],
     )
-
-
-def check_store(settings: Settings) -> None:
-    """Fail at start, in one sentence naming BILLING_DATABASE_URL, if the store cannot be used."""
-    env = settings.eventsourcing_env()
-    if settings.is_postgres:
-        from adapters.postgres import check_reachable
-
-        check_reachable(env)
-    else:
-        from adapters.sqlite import check_openable
-
-        check_openable(env["SQLITE_DBNAME"])
 
 
 def _is_outage(error: BaseException) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from adapters.persistence import check_store
+from adapters.startup import check_store
 from billing_domain.application import BillingApplication
 from billing_domain.settings import Settings, SettingsError
 from billing_domain.throttle import DEFAULT_FAILURES_PER_MINUTE, FailureThrottle
