@@ -25,3 +25,7 @@ class StillQuarantined(Conflict):
 
     code = "still_quarantined"
     field = "notification_id"
+
+
+class SchemaMismatch(Exception):
+    """A version's stored schema fingerprint is not the code's: it must not be written."""

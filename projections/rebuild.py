@@ -8,7 +8,7 @@ from typing import Any
 
 from projections import quarantine
 from projections.errors import UnknownProjection
-from projections.runner import REGISTRY, TRACKING, Runner, Version
+from projections.runner import REGISTRY, TRACKING, Runner, Version, insert_version
 
 
 def base_name(name: str) -> str:
@@ -41,12 +41,28 @@ class Rebuilds:
                         [name, stale.version],
                     )
             number = max(v.version for v in versions) + 1  # never reuse a retired number
-            cur.execute(
-                f"INSERT INTO {TRACKING} VALUES (?, ?, ?, 'building', 0)", [name, number, logic]
-            )
             version = Version(name, number, logic, "building", 0)
-            self.runner.projection(version).create(cur)
+            projection = self.runner.projection(version)
+            version.fingerprint = projection.fingerprint()
+            insert_version(cur, version)
+            projection.create(cur)
         return version
+
+    def resume_or_begin(self, name: str) -> Version:
+        """A building or ready version of the newest logic and the code's schema, if one
+        exists (another process may be building it: the position's compare-and-set keeps
+        them apart), else a new one (`begin`)."""
+        name = base_name(name)
+        logic = max(REGISTRY[name])
+        for version in reversed(self.runner.versions()):
+            if (
+                version.name == name
+                and version.state in ("building", "ready")
+                and version.logic == logic
+                and self.runner.mismatch(version) is None
+            ):
+                return version
+        return self.begin(name)
 
     def build(
         self,

@@ -26,7 +26,7 @@ from projections import quarantine
 from projections.activity import ActivityProjection
 from projections.audit import AuditProjection
 from projections.base import Projection
-from projections.errors import NotQuarantined, StillQuarantined
+from projections.errors import NotQuarantined, SchemaMismatch, StillQuarantined
 from projections.ledger import InvoicesProjection
 from projections.store import Cursor, ViewStore
 
@@ -58,6 +58,7 @@ class Version:
     logic: int
     state: str  # live | building | ready | retired
     position: int
+    fingerprint: str | None = None  # the tables' schema when the version was created
 
     @property
     def key(self) -> str:
@@ -86,6 +87,7 @@ class Runner:
         self.batch_size = batch_size
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._fingerprints: dict[tuple[str, int], str] = {}
         self.ensure()
 
     def ensure(self) -> None:
@@ -95,27 +97,51 @@ class Runner:
             cur.execute(
                 f"CREATE TABLE IF NOT EXISTS {TRACKING} (name TEXT NOT NULL, "
                 "version INTEGER NOT NULL, logic INTEGER NOT NULL, state TEXT NOT NULL, "
-                "position BIGINT NOT NULL, PRIMARY KEY (name, version))"
+                "position BIGINT NOT NULL, fingerprint TEXT, PRIMARY KEY (name, version))"
             )
+            add_fingerprint_column(cur)
             quarantine.create(cur)
             for name, classes in REGISTRY.items():
                 if cur.one(f"SELECT 1 AS x FROM {TRACKING} WHERE name = ?", [name]) is None:
                     logic = min(classes)
-                    cur.execute(
-                        f"INSERT INTO {TRACKING} VALUES (?, 1, ?, 'live', 0) "
-                        "ON CONFLICT DO NOTHING",
-                        [name, logic],
-                    )
-                    classes[logic](1).create(cur)
+                    first = classes[logic](1)
+                    insert_version(cur, Version(name, 1, logic, "live", 0, first.fingerprint()))
+                    first.create(cur)
 
     def versions(self, cur: Cursor | None = None) -> list[Version]:
         if cur is None:
             with self.store.read() as read:
                 return self.versions(read)
         return [
-            Version(r["name"], int(r["version"]), int(r["logic"]), r["state"], int(r["position"]))
+            Version(
+                r["name"],
+                int(r["version"]),
+                int(r["logic"]),
+                r["state"],
+                int(r["position"]),
+                r.get("fingerprint"),
+            )
             for r in cur.all(f"SELECT * FROM {TRACKING} ORDER BY name, version")
         ]
+
+    def expected_fingerprint(self, version: Version) -> str:
+        key = (version.name, version.logic)
+        if key not in self._fingerprints:
+            self._fingerprints[key] = self.projection(version).fingerprint()
+        return self._fingerprints[key]
+
+    def mismatch(self, version: Version) -> str | None:
+        """Why this code must not write into a version, or None: its stored schema
+        fingerprint is missing or differs from what the code's tables are."""
+        expected = self.expected_fingerprint(version)
+        if version.fingerprint == expected:
+            return None
+        stored = version.fingerprint or "none recorded"
+        return (
+            f"{version.key} has tables of another schema (fingerprint {stored}, this code "
+            f"expects {expected}); it is not written. Fix: billing projections rebuild "
+            f"{version.name} --switch"
+        )
 
     def live(self, name: str) -> Version:
         for version in self.versions():
@@ -158,6 +184,12 @@ class Runner:
         projection = projection or self.projection(version)
         with self._lock(version.key):
             position = self._position(version)
+            fingerprint = self._fingerprint(version)
+            if fingerprint != projection.fingerprint():
+                raise SchemaMismatch(
+                    self.mismatch(Version(**{**version.__dict__, "fingerprint": fingerprint}))
+                    or version.key
+                )
             while True:
                 try:
                     return self._apply_from(
@@ -315,6 +347,16 @@ class Runner:
             "outcome": "applied",
         }
 
+    def _fingerprint(self, version: Version) -> str | None:
+        with self.store.read() as cur:
+            row = cur.one(
+                f"SELECT fingerprint FROM {TRACKING} WHERE name = ? AND version = ?",
+                [version.name, version.version],
+            )
+        if row is None:
+            raise KeyError(version.key)
+        return None if row["fingerprint"] is None else str(row["fingerprint"])
+
     def _position(self, version: Version) -> int:
         with self.store.read() as cur:
             row = cur.one(
@@ -324,6 +366,32 @@ class Runner:
         if row is None:
             raise KeyError(version.key)
         return int(row["position"])
+
+
+def add_fingerprint_column(cur: Cursor) -> None:
+    """Registries created before fingerprints were recorded get the column (left empty, so
+    their versions count as of an unknown schema until rebuilt)."""
+    if cur.postgres:
+        cur.execute(f"ALTER TABLE {TRACKING} ADD COLUMN IF NOT EXISTS fingerprint TEXT")
+        return
+    columns = {row["name"] for row in cur.all(f"PRAGMA table_info({TRACKING})")}
+    if "fingerprint" not in columns:
+        cur.execute(f"ALTER TABLE {TRACKING} ADD COLUMN fingerprint TEXT")
+
+
+def insert_version(cur: Cursor, version: Version) -> None:
+    cur.execute(
+        f"INSERT INTO {TRACKING} (name, version, logic, state, position, fingerprint) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [
+            version.name,
+            version.version,
+            version.logic,
+            version.state,
+            version.position,
+            version.fingerprint,
+        ],
+    )
 
 
 def _weight(event: Any) -> int:

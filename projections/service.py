@@ -73,6 +73,8 @@ class ProjectionService:
         )
         self._probes = 0
         self._probes_lock = threading.Lock()
+        self._warned: set[str] = set()
+        self.auto_rebuild = True
 
     # Positions --------------------------------------------------------------------------
 
@@ -210,19 +212,25 @@ class ProjectionService:
         with self.store.read() as cur:
             versions = self.runner.versions(cur)
             held = quarantine.counts(cur)
-        return [
-            {
-                "name": v.name,
-                "version": v.version,
-                "key": v.key,
-                "logic": v.logic,
-                "position": v.position,
-                "lag": max(head - v.position, 0),
-                "state": v.state,
-                "quarantined": held.get((v.name, v.version), 0),
-            }
-            for v in versions
-        ]
+        rows = []
+        for v in versions:
+            problem = self.runner.mismatch(v)
+            rows.append(
+                {
+                    "name": v.name,
+                    "version": v.version,
+                    "key": v.key,
+                    "logic": v.logic,
+                    "position": v.position,
+                    "lag": max(head - v.position, 0),
+                    "state": v.state,
+                    "quarantined": held.get((v.name, v.version), 0),
+                    "fingerprint": v.fingerprint,
+                    "schema": "ok" if problem is None else "mismatch",
+                    "problem": problem,
+                }
+            )
+        return rows
 
     # Quarantine -----------------------------------------------------------------------------
 
@@ -281,7 +289,9 @@ class ProjectionService:
                     f"{row['key']} has {row['quarantined']} quarantined notification(s): "
                     f"GET /v1/projections/{row['name']}/quarantine"
                 )
-            if row["state"] == "live" and row["lag"] > self.max_lag:
+            if row["state"] == "live" and row["problem"]:
+                reasons.append(row["problem"] + self._rebuild_note(row["name"]))
+            elif row["state"] == "live" and row["lag"] > self.max_lag:
                 reasons.append(
                     f"{row['key']} lags {row['lag']} notifications (more than {self.max_lag})"
                 )
@@ -300,6 +310,22 @@ class ProjectionService:
             ],
             "reasons": reasons,
         }
+
+    def _rebuild_note(self, name: str) -> str:
+        state = self._rebuilding.get(name)
+        if state is None:
+            if self.running and self.auto_rebuild:
+                return "; an automatic rebuild is starting"
+            return "; this process does not rebuild it"
+        if state["state"] == "building":
+            return (
+                f"; rebuilding automatically as {name}_v{state['version']} "
+                f"(position {state['position']} of {state['target']}), reads switch when "
+                "it has caught up"
+            )
+        if state["state"] == "failed":
+            return f"; the automatic rebuild failed: {state['error']}"
+        return ""
 
     def _within(self, seconds: float, call: Callable[[], T]) -> T:
         """`call()` from a daemon thread, or StoreUnavailable when it takes longer: a store
@@ -331,9 +357,45 @@ class ProjectionService:
     # Keeping current ------------------------------------------------------------------------
 
     def catch_up(self) -> int:
-        """Process everything recorded so far into every live version; return the position."""
-        positions = [self.runner.catch_up(v) for v in self.runner.versions() if v.state == "live"]
+        """Process everything recorded so far into every live version whose tables are of the
+        code's schema (others are reported by `health` and rebuilt); return the position."""
+        positions = [self.runner.catch_up(v) for v in self._writable()]
         return min(positions, default=0)
+
+    def _writable(self) -> list[Version]:
+        """The live versions this code may write into; a live version of another schema is
+        logged once and left alone."""
+        writable = []
+        for version in self.runner.versions():
+            if version.state != "live":
+                continue
+            problem = self.runner.mismatch(version)
+            if problem is None:
+                writable.append(version)
+            elif version.key not in self._warned:
+                self._warned.add(version.key)
+                log.error("projection %s", problem)
+        return writable
+
+    def mismatched(self) -> list[Version]:
+        """Live versions whose stored schema fingerprint is not the code's."""
+        return [
+            v
+            for v in self.runner.versions()
+            if v.state == "live" and self.runner.mismatch(v) is not None
+        ]
+
+    def rebuild_mismatched(self) -> None:
+        """Build a new version beside each live version of another schema (resuming one a
+        process already began) and switch reads to it once it has caught up."""
+        for version in self.mismatched():
+            state = self._rebuilding.get(version.name)
+            if state is not None and state["state"] in ("building", "failed"):
+                continue  # a failed automatic rebuild is not retried in a loop: see health
+            log.warning(
+                "rebuilding %s automatically: %s", version.name, self.runner.mismatch(version)
+            )
+            self.start_rebuild(version.name, resume=True)
 
     def wait(self, position: int, timeout: float = 2.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -349,7 +411,7 @@ class ProjectionService:
             time.sleep(0.01)
 
     def _reached(self, position: int) -> bool:
-        return all(v.position >= position for v in self.runner.versions() if v.state == "live")
+        return all(v.position >= position for v in self._writable())
 
     @property
     def running(self) -> bool:
@@ -374,9 +436,9 @@ class ProjectionService:
         """The worker loop: catch up, then wait for new events; errors are kept and retried."""
         while not self._stop.is_set():
             try:
-                if self.max_position() > min(
-                    (v.position for v in self.runner.versions() if v.state == "live"), default=0
-                ):
+                if self.auto_rebuild:
+                    self.rebuild_mismatched()
+                if self.max_position() > min((v.position for v in self._writable()), default=0):
                     self.catch_up()
                 self.last_error = None
             except Exception as error:
@@ -388,7 +450,7 @@ class ProjectionService:
 
     # Rebuilds -------------------------------------------------------------------------------
 
-    def start_rebuild(self, name: str) -> dict[str, Any]:
+    def start_rebuild(self, name: str, *, resume: bool = False) -> dict[str, Any]:
         """Build the next version of a projection in the background and switch reads to it."""
         base = base_name(name)
         with self._rebuild_lock:
@@ -406,7 +468,7 @@ class ProjectionService:
             self._rebuilding[base] = state
             started = dict(state)
             threading.Thread(
-                target=self._rebuild, args=(state,), name=f"rebuild-{base}", daemon=True
+                target=self._rebuild, args=(state, resume), name=f"rebuild-{base}", daemon=True
             ).start()
             return started
 
@@ -414,9 +476,12 @@ class ProjectionService:
         state = self._rebuilding.get(base_name(name))
         return None if state is None else dict(state)
 
-    def _rebuild(self, state: dict[str, Any]) -> None:
+    def _rebuild(self, state: dict[str, Any], resume: bool = False) -> None:
         try:
-            version = self.rebuilds.begin(state["name"])
+            if resume:
+                version = self.rebuilds.resume_or_begin(state["name"])
+            else:
+                version = self.rebuilds.begin(state["name"])
             state["version"] = version.version
 
             def progress(position: int, _weight: int) -> None:
