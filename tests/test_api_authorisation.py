@@ -76,6 +76,13 @@ TABLE = [
     ),
     (
         "POST",
+        "/v1/customers/{customer_id}/external_ids",
+        ADMIN_ONLY,
+        "/v1/customers/acme/external_ids",
+        {"system": "stripe", "id": "cus_acme"},
+    ),
+    (
+        "POST",
         "/v1/customers/{customer_id}/merge",
         ADMIN_ONLY,
         "/v1/customers/other/merge",

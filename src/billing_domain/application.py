@@ -11,10 +11,12 @@ from billing_domain.catalogue import CatalogueCommands
 from billing_domain.closing import PeriodCommands
 from billing_domain.core import check_identifier, check_period, period_start
 from billing_domain.corrections import CorrectionCommands
+from billing_domain.external_ids import ExternalIdCommands
 from billing_domain.ingest import IngestCommands
 from billing_domain.listing import ListingCommands
 from billing_domain.meters import MeterCommands
 from billing_domain.period import BillingPeriod
+from billing_domain.stream_sessions import StreamSessionCommands
 
 __all__ = ["BillingApplication", "check_identifier", "check_period", "period_start"]
 
@@ -26,6 +28,8 @@ class BillingApplication(
     CatalogueCommands,
     MeterCommands,
     PeriodCommands,
+    ExternalIdCommands,
+    StreamSessionCommands,
     AccessCommands,
 ):
     name = "billing"

@@ -44,6 +44,7 @@ class Customer(Aggregate):
         self.subscriptions: list[dict[str, Any]] = []
         self.merged_into: str | None = None
         self.merged_at: datetime | None = None
+        self.external_ids: list[dict[str, str]] = []
 
     @event("Renamed")
     def rename(self, name: str, actor: str) -> None:
@@ -63,6 +64,17 @@ class Customer(Aggregate):
     def merge_into(self, into: str, effective_at: datetime, actor: str) -> None:
         self.merged_into = into
         self.merged_at = effective_at
+
+    @event("ExternalIdAdded")
+    def add_external_id(self, system: str, external_id: str, actor: str) -> None:
+        # Customers opened before external ids existed gain the list with their first one.
+        self.external_ids = [
+            *getattr(self, "external_ids", []),
+            {"system": system, "id": external_id},
+        ]
+
+    def holds_external_id(self, system: str, external_id: str) -> bool:
+        return {"system": system, "id": external_id} in getattr(self, "external_ids", [])
 
     def plan_for(self, period: str) -> tuple[str, int] | None:
         """The plan version in force for a period: the latest subscription starting by then."""

@@ -166,3 +166,10 @@ class StoreContention(BillingError):
     """Concurrent writers kept winning the race for the same aggregates; safe to retry."""
 
     code = "store_contention"
+
+
+class ExternalIdTaken(Conflict):
+    """An external system's id names one customer at most."""
+
+    code = "external_id_taken"
+    field = "id"

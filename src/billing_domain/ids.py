@@ -33,3 +33,7 @@ def invoice_id(customer_id: str, period: str) -> str:
 
 def meter_uuid(meter: str) -> UUID:
     return uuid5(NAMESPACE, f"meter:{meter}")
+
+
+def external_id_uuid(system: str, external_id: str) -> UUID:
+    return uuid5(NAMESPACE, f"external_id:{system}:{external_id}")

@@ -20,6 +20,7 @@ from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
 from api.bootstrap import Services
+from api.compat import COMPAT_ROUTES
 from api.console import ConsolePlugin
 from api.http.auth import current_caller
 from api.http.body import ExactRequest
@@ -47,6 +48,7 @@ ROUTES: list[ControllerRouterHandler] = [
     OperationsController,
     IdentityController,
     *CATALOGUE_ROUTES,
+    *COMPAT_ROUTES,
 ]
 
 

@@ -23,6 +23,7 @@ def _customer(customer: Any) -> r.CustomerOut:
         subscriptions=[r.Subscription.of(x) for x in customer.subscriptions],
         merged_into=customer.merged_into,
         merged_at=iso(customer.merged_at) if customer.merged_at else None,
+        external_ids=[r.ExternalIdOut(**x) for x in getattr(customer, "external_ids", [])],
     )
 
 
@@ -85,6 +86,28 @@ class CustomerController(Controller):
     ) -> r.CustomerOut:
         """The account with its subscriptions and merge."""
         return _customer(services(request).app.get_customer(customer_id))
+
+    @post(
+        "/{customer_id:str}/external_ids",
+        status_code=201,
+        sync_to_thread=True,
+        guards=[requires("admin")],
+        responses=WRITE_ON,
+        summary="Let another billing system's id name this customer",
+    )
+    def add_external_id(
+        self,
+        request: Request[Any, Any, Any],
+        customer_id: str,
+        data: s.ExternalIdIn,
+        caller: Principal,
+    ) -> r.CustomerOut:
+        """201 with the customer; the same id again changes nothing; 409 when another customer
+        holds it."""
+        customer, _ = services(request).app.add_external_id(
+            customer_id, data.system, data.id, caller
+        )
+        return _customer(customer)
 
     @put(
         "/{customer_id:str}/subscription",

@@ -126,6 +126,11 @@ class Subscription(Out):
     effective_from: str = Field(description="a period, YYYY-MM")
 
 
+class ExternalIdOut(Out):
+    system: Literal["stripe", "lago", "openmeter"]
+    id: str
+
+
 class CustomerOut(Out):
     customer_id: str
     name: str
@@ -134,6 +139,9 @@ class CustomerOut(Out):
     subscriptions: list[Subscription]
     merged_into: str | None
     merged_at: TimeText | None
+    external_ids: list[ExternalIdOut] = Field(
+        default_factory=list, description="ids other billing systems know this customer by"
+    )
 
 
 class TierOut(Out):

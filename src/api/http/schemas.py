@@ -181,6 +181,15 @@ class CustomerIn(BaseModel):
     _name = field_validator("name")(_held(b.check_text))
 
 
+class ExternalIdIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    system: Literal["stripe", "lago", "openmeter"]
+    id: str = Field(min_length=1, max_length=b.MAX_ID_LENGTH)
+
+    _id = field_validator("id")(_held(b.check_id))
+
+
 class CustomerPatch(BaseModel):
     model_config = Strict
     name: str | None = Field(default=None, min_length=1, max_length=b.MAX_NAME_LENGTH)
