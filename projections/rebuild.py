@@ -71,7 +71,9 @@ class Rebuilds:
         should_stop: Callable[[], bool] | None = None,
     ) -> int:
         """Catch the new version up with the log from position zero, batch by batch."""
-        position = self.runner.catch_up(version, progress=progress, should_stop=should_stop)
+        position = self.runner.catch_up(
+            version, progress=progress, should_stop=should_stop, big=True
+        )
         self._set_state(version, "ready", "building")
         return position
 

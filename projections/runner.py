@@ -33,6 +33,9 @@ from projections.store import Cursor, ViewStore
 REGISTRY: dict[str, dict[int, type[Projection]]] = {}
 TRACKING = "projection_versions"
 BATCH_BYTES = 1_000_000
+BIG_BATCH = 10_000  # notifications per batch of a rebuild or of a catch-up from far behind
+BIG_BATCH_BYTES = 8_000_000
+FAR_BEHIND = 100  # batches behind the head from which a catch-up takes big batches
 log = logging.getLogger(__name__)
 
 
@@ -80,11 +83,20 @@ def topic_name(topic: str) -> str:
 
 class Runner:
     def __init__(
-        self, app: BillingApplication, store: ViewStore, *, batch_size: int = 1000
+        self,
+        app: BillingApplication,
+        store: ViewStore,
+        *,
+        batch_size: int = 1000,
+        big_batch: int | None = None,
     ) -> None:
         self.app = app
         self.store = store
         self.batch_size = batch_size
+        # Far behind (or rebuilding), fewer larger transactions: each touched period's draft
+        # is priced once per batch, so a bigger batch prices it fewer times. Memory is bounded
+        # by the batch, not by the log.
+        self.big_batch = big_batch if big_batch is not None else min(batch_size * 10, BIG_BATCH)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._fingerprints: dict[tuple[str, int], str] = {}
@@ -156,10 +168,16 @@ class Runner:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def notifications(self, after: int, stop: int | None = None) -> Iterator[list[Notification]]:
+    def notifications(
+        self, after: int, stop: int | None = None, cap: int | None = None
+    ) -> Iterator[list[Notification]]:
         """Batches of the log after a position, sized so each holds about BATCH_BYTES of
-        stored events: many small events share a transaction, huge ones do not pile up."""
-        limit = min(self.batch_size, 10)
+        stored events: many small events share a transaction, huge ones do not pile up.
+        `cap` (default: batch_size) bounds the notifications of a batch; a cap above
+        batch_size allows proportionally more bytes, up to BIG_BATCH_BYTES."""
+        cap = cap or self.batch_size
+        max_bytes = min(BATCH_BYTES * max(1, cap // self.batch_size), BIG_BATCH_BYTES)
+        limit = min(cap, 10)
         while True:
             batch = self.app.recorder.select_notifications(start=after + 1, limit=limit, stop=stop)
             if not batch:
@@ -169,7 +187,7 @@ class Runner:
             if stop is not None and after >= stop:
                 return
             average = max(sum(len(n.state) for n in batch) // len(batch), 1)
-            limit = max(1, min(self.batch_size, limit * 2, BATCH_BYTES // average))
+            limit = max(1, min(cap, limit * 2, max_bytes // average))
 
     def catch_up(
         self,
@@ -179,8 +197,11 @@ class Runner:
         progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         projection: Projection | None = None,
+        big: bool = False,
     ) -> int:
-        """Apply everything after the version's position (up to `stop`); return the position."""
+        """Apply everything after the version's position (up to `stop`); return the position.
+        Batches are up to `big_batch` notifications when `big` (a rebuild) or when the version
+        is more than FAR_BEHIND batches behind, else up to `batch_size`."""
         projection = projection or self.projection(version)
         with self._lock(version.key):
             position = self._position(version)
@@ -193,7 +214,7 @@ class Runner:
             while True:
                 try:
                     return self._apply_from(
-                        version, projection, position, stop, progress, should_stop
+                        version, projection, position, stop, progress, should_stop, big
                     )
                 except PositionMoved:
                     position = self._position(version)
@@ -206,8 +227,16 @@ class Runner:
         stop: int | None,
         progress: Callable[[int, int], None] | None,
         should_stop: Callable[[], bool] | None,
+        big: bool = False,
     ) -> int:
-        for batch in self.notifications(position, stop):
+        cap = self.batch_size
+        if big:
+            cap = max(cap, self.big_batch)
+        elif self.big_batch > cap:
+            head = stop if stop is not None else int(self.app.recorder.max_notification_id() or 0)
+            if head - position > FAR_BEHIND * self.batch_size:
+                cap = self.big_batch
+        for batch in self.notifications(position, stop, cap):
             decoded = self.decode(projection, batch)
             self.commit(version, projection, position, batch[-1].id, decoded)
             position = batch[-1].id

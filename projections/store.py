@@ -48,13 +48,14 @@ class Cursor:
         where: str = "",
     ) -> list[dict[str, Any]]:
         """Every row whose `columns` equal one of `keys` (text values), in one query on
-        PostgreSQL and in chunks of SQLITE_KEYS keys on SQLite (in process, no round trips)."""
+        PostgreSQL (arrays as binary parameters: no text-array quoting) and in chunks of
+        SQLITE_KEYS keys on SQLite (in process, no round trips)."""
         wanted = list(dict.fromkeys(tuple(k) for k in keys))
         if not wanted:
             return []
         extra = f" AND {where}" if where else ""
         if self.postgres:
-            arrays = ", ".join(["%s::text[]"] * len(columns))
+            arrays = ", ".join(["%b::text[]"] * len(columns))
             self.raw.execute(
                 f"SELECT {select} FROM {table} WHERE ({', '.join(columns)}) IN "
                 f"(SELECT * FROM unnest({arrays})){extra}",
@@ -79,14 +80,15 @@ class Cursor:
         rows: Sequence[Sequence[Any]],
         conflict: str = "",
     ) -> None:
-        """Insert many rows in one statement (PostgreSQL: arrays through unnest; SQLite: one
+        """Insert many rows in one statement (PostgreSQL: arrays through unnest, sent as
+        binary parameters, so JSON text is not quoted element by element; SQLite: one
         prepared statement, in process). `columns` are (name, SQL type); `conflict` is the
         ON CONFLICT clause, if any."""
         if not rows:
             return
         names = ", ".join(name for name, _ in columns)
         if self.postgres:
-            arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
+            arrays = ", ".join(f"%b::{kind}[]" for _, kind in columns)
             self.raw.execute(
                 f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {conflict}",
                 [list(column) for column in zip(*rows, strict=True)],
