@@ -452,3 +452,79 @@ def test_two_customers_racing_for_one_external_id_cannot_both_hold_it(app: Any) 
     holders = [c for c in customers if app.get_customer(c).external_ids]
     assert holders == winners
     assert app.resolve_customer("stripe", "cus_Contested") == winners[0]
+
+
+def test_each_dialect_refuses_out_of_bounds_input_in_its_own_shape(served: Served) -> None:
+    auth = {"Authorization": f"Bearer {served.key}"}
+    ts = str(int(served.occurred.timestamp()))
+    long_id = "x" * 257
+    stripe_refused = httpx.post(
+        f"{served.base}/compat/stripe/v1/billing/meter_events",
+        headers={**auth, "Content-Type": "application/x-www-form-urlencoded"},
+        content=(
+            f"event_name=api_calls&identifier={long_id}&timestamp={ts}"
+            "&payload[stripe_customer_id]=acme&payload[value]=1"
+        ).encode(),
+    )
+    assert stripe_refused.status_code == 400
+    assert stripe_refused.json()["error"]["param"] == "identifier"
+    huge = httpx.post(
+        f"{served.base}/compat/stripe/v1/billing/meter_events",
+        headers={**auth, "Content-Type": "application/x-www-form-urlencoded"},
+        content=(
+            f"event_name=api_calls&identifier=big&timestamp={ts}"
+            "&payload[stripe_customer_id]=acme&payload[value]=1e999"
+        ).encode(),
+    )
+    assert huge.status_code == 400
+    assert huge.json()["error"]["param"] == "payload[value]"
+
+    lago_refused = httpx.post(
+        f"{served.base}/compat/lago/api/v1/events/batch",
+        headers=auth,
+        json={
+            "events": [
+                {
+                    "transaction_id": "ok-1",
+                    "external_customer_id": "acme",
+                    "code": "tokens",
+                    "timestamp": ts,
+                    "properties": {"tokens": 1},
+                },
+                {
+                    "transaction_id": "bad-1",
+                    "external_customer_id": "acme",
+                    "code": "tokens",
+                    "timestamp": "yesterday",
+                    "properties": {"tokens": 1},
+                },
+            ]
+        },
+    )
+    assert lago_refused.status_code == 422
+    assert lago_refused.json()["error_details"] == {"1": {"timestamp": [ANY_TEXT]}}
+
+    om_refused = httpx.post(
+        f"{served.base}/compat/openmeter/api/v1/events",
+        headers={**auth, "Content-Type": "application/cloudevents+json"},
+        json={
+            "specversion": "1.0",
+            "id": "neg-1",
+            "source": "app",
+            "type": "tokens",
+            "subject": "acme",
+            "data": {"tokens": -5},
+        },
+    )
+    assert om_refused.status_code == 400
+    assert om_refused.json()["extensions"]["field"] == "data.tokens"
+
+
+class _AnyText(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and bool(other)
+
+    __hash__ = str.__hash__
+
+
+ANY_TEXT = _AnyText()

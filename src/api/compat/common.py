@@ -76,12 +76,27 @@ def event_time(value: Any, field_name: str, now: datetime) -> datetime:
     return unix_time(value, field_name)
 
 
-def _quantity(app: Any, event: Submitted) -> Decimal:
+class Meters:
+    """The application's meter lookup, asked once per meter per request."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._known: dict[str, Any] = {}
+
+    def get(self, meter: str) -> Any:
+        if meter not in self._known:
+            try:
+                self._known[meter] = self._app.meter(meter)
+            except MeterNotFound:
+                self._known[meter] = None
+        return self._known[meter]
+
+
+def _quantity(meters: Meters, event: Submitted) -> Decimal:
     if event.quantity is not None:
         return bounds.parse_decimal(event.quantity, "quantity")
-    try:
-        meter = app.meter(event.meter)
-    except MeterNotFound:
+    meter = meters.get(event.meter)
+    if meter is None:
         # Ingest refuses the meter itself (after the grant check), audited as for /v1/usage.
         return Decimal(0)
     name = meter.field or DEFAULT_VALUE_PROPERTY
@@ -97,7 +112,7 @@ def _quantity(app: Any, event: Submitted) -> Decimal:
 
 
 def to_usage(
-    app: Any, system: str, event: Submitted, now: datetime, time_field: str
+    app: Any, meters: Meters, system: str, event: Submitted, now: datetime, time_field: str
 ) -> UsageInput | Refused:
     """The usage event a dialect's event stands for, or why it cannot be read."""
     event_id = event.event_id if isinstance(event.event_id, str) else None
@@ -108,7 +123,7 @@ def to_usage(
         if not isinstance(event.properties, Mapping):
             raise InvalidInput("must be an object", field="properties")
         occurred_at = event_time(event.occurred_at, time_field, now)
-        quantity = _quantity(app, event)
+        quantity = _quantity(meters, event)
     except BillingError as error:
         return Refused(event_id, error.field or "body", error.reason, error.code)
     customer_id = app.resolve_customer(system, event.customer)
@@ -137,22 +152,19 @@ def _audit(app: Any, caller: Principal, system: str, refused: Refused, event: An
     )
 
 
-async def record(
-    request: Request[Any, Any, Any],
-    caller: Principal,
-    system: str,
-    events: Sequence[Submitted | Refused],
-    time_field: str,
-) -> list[UsageResult]:
-    """Record a dialect's events through ingest: one event shares the group commit with
-    /v1/usage, several are committed together. Results in input order."""
-    app = services(request).app
+def _prepare(
+    app: Any, caller: Principal, system: str, events: Sequence[Submitted | Refused], time_field: str
+) -> tuple[list[UsageResult | None], list[tuple[int, UsageInput]]]:
+    """Each event as usage, or its refusal (audited); this reads the store, so off the loop."""
     now = app.clock()
+    meters = Meters(app)
     results: list[UsageResult | None] = [None] * len(events)
     parsed: list[tuple[int, UsageInput]] = []
     for index, event in enumerate(events):
         item = (
-            event if isinstance(event, Refused) else to_usage(app, system, event, now, time_field)
+            event
+            if isinstance(event, Refused)
+            else to_usage(app, meters, system, event, now, time_field)
         )
         if isinstance(item, Refused):
             _audit(app, caller, system, item, event)
@@ -165,6 +177,22 @@ async def record(
             )
         else:
             parsed.append((index, item))
+    return results, parsed
+
+
+async def record(
+    request: Request[Any, Any, Any],
+    caller: Principal,
+    system: str,
+    events: Sequence[Submitted | Refused],
+    time_field: str,
+) -> list[UsageResult]:
+    """Record a dialect's events through ingest: one event shares the group commit with
+    /v1/usage, several are committed together. Results in input order."""
+    app = services(request).app
+    results, parsed = await anyio.to_thread.run_sync(
+        lambda: _prepare(app, caller, system, events, time_field)
+    )
     if len(parsed) == 1 and len(events) == 1:
         results[parsed[0][0]] = await request.app.state.committer.record_async(parsed[0][1], caller)
     elif parsed:
