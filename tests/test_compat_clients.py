@@ -528,3 +528,27 @@ class _AnyText(str):
 
 
 ANY_TEXT = _AnyText()
+
+
+def test_an_account_stored_before_external_ids_loads_and_takes_one(app: Any) -> None:
+    import json
+    from uuid import UUID
+
+    from eventsourcing.persistence import StoredEvent
+
+    fixture = json.loads((ROOT / "tests/fixtures/customer_opened_v1.json").read_text())
+    app.recorder.insert_events(
+        [
+            StoredEvent(
+                originator_id=UUID(fixture["originator_id"]),
+                originator_version=fixture["originator_version"],
+                topic=fixture["topic"],
+                state=fixture["state"].encode(),
+            )
+        ]
+    )
+    assert app.get_customer("legacy-co").external_ids == []
+    app.add_external_id("legacy-co", "lago", "lago_legacy")
+    assert app.get_customer("legacy-co").external_ids == [{"system": "lago", "id": "lago_legacy"}]
+    assert app.resolve_customer("lago", "lago_legacy") == "legacy-co"
+    assert app.resolve_customer("lago", "legacy-co") == "legacy-co"
