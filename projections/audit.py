@@ -19,6 +19,7 @@ ACTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Customer.LateUsagePolicyChanged": ("customer.policy_changed", ("late_usage_policy",)),
     "Customer.Subscribed": ("subscription.changed", ("plan_id", "plan_version", "effective_from")),
     "Customer.Merged": ("customer.merged", ("into", "effective_at")),
+    "Customer.ExternalIdAdded": ("customer.external_id_added", ("system", "external_id")),
     "Plan.VersionPublished": ("plan.published", ("version", "currency")),
     "Emitter.Registered": ("emitter.registered", ("emitter_id", "name")),
     "Emitter.Granted": (

@@ -188,6 +188,12 @@ def test_external_ids_name_one_customer_and_are_listed(served: Served) -> None:
     )
     customer = _ok(admin.get("/v1/customers/acme"), 200)
     assert customer["external_ids"] == [{"system": "stripe", "id": "cus_Acme"}]
+    added = [
+        item
+        for item in _ok(admin.get("/v1/audit"), 200)["items"]
+        if item["action"] == "customer.external_id_added"
+    ]
+    assert len(added) == 1 and added[0]["detail"]["external_id"] == "cus_Acme", added
     # Kept across a merge: still listed, and usage sent under it follows the merge.
     _ok(
         admin.post(
