@@ -135,9 +135,6 @@ class InvoiceReads:
             )
         return items
 
-    def period_of_invoice(self, cur: Cursor, invoice_id: str) -> dict[str, Any] | None:
-        return cur.one(f"SELECT * FROM {self.t('periods')} WHERE invoice_id = ?", [invoice_id])
-
     def invoice(
         self, cur: Cursor, invoice_id: str, revision: int | None, as_of: str | None
     ) -> dict[str, Any] | None:

@@ -129,7 +129,6 @@ class BillingPeriod(Aggregate):
         self.digest_accumulator = 0
         self.items = 0
         self.lineage_peaks: list[str] | None = []
-        self.record_count = 0
 
     @property
     def is_closed(self) -> bool:
@@ -178,7 +177,6 @@ class BillingPeriod(Aggregate):
                 self.carried_ids[record[0]] = True
         for meter, delta in deltas.items():  # a meter is known to both once recorded
             self.billed.setdefault(meter, new_totals(delta["aggregation"], delta["field"]))
-        self.record_count += len(records)
 
     def record_late_carried(
         self,

@@ -291,7 +291,3 @@ def parse_charges(raw: Any, *, strict: bool = False) -> tuple[Charge, ...]:
         if meters.index(meter) != i:
             raise InvalidInput(f"meter {meter!r} is charged twice", field=f"charges[{i}].meter")
     return charges
-
-
-def decimal_or_error(value: Any, field: str, *, allow_negative: bool = False) -> Decimal:
-    return _decimal(value, field, allow_negative=allow_negative, strict=True)

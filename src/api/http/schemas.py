@@ -83,14 +83,6 @@ class UsageIn(BaseModel):
     _occurred_at = field_validator("occurred_at", mode="before")(_held(b.parse_time))
 
 
-class UsageOut(BaseModel):
-    event_id: str
-    status: Literal["accepted", "duplicate", "conflict"]
-    period: str | None
-    treatment: str | None
-    received_at: str
-
-
 class BatchIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
