@@ -15,7 +15,8 @@ from billing_domain.invoicing import (
     plan_in_force,
 )
 from billing_domain.merkle import root
-from billing_domain.pricing import Charge
+from billing_domain.numbers import ZERO
+from billing_domain.pricing import Charge, round_money
 from billing_domain.reducer import add_totals
 from billing_domain.usage import aggregate_quantity, decimal_text, new_totals
 from projections.batch import BILLED, totals_from_row
@@ -130,6 +131,16 @@ class InvoiceReads:
                     "meter": charge.meter,
                     "quantity": decimal_text(aggregate_quantity(totals)),
                     "amount": str(charge_amount(charge, totals, currency)),
+                    "currency": currency,
+                }
+            )
+        priced = {charge.meter for charge in charges}
+        for meter in sorted(set(meters) - priced):  # recorded, priced by no charge in force
+            items.append(
+                {
+                    "meter": meter,
+                    "quantity": decimal_text(aggregate_quantity(meters[meter])),
+                    "amount": str(round_money(ZERO, currency)),
                     "currency": currency,
                 }
             )

@@ -134,6 +134,16 @@ def test_unpriced_usage_is_recorded_then_billed_from_the_log_once_a_plan_prices_
         # Recorded, not priced: no invoice line for it while std is in force.
         draft = lines_of(client, "acme", "2026-11")
         assert set(draft) == {"api_calls"} and draft["api_calls"]["amount"] == "1.00"
+        read = client.get("/v1/customers/acme/usage?period=2026-11", headers=ADMIN).json()
+        assert {i["meter"]: (i["quantity"], i["amount"]) for i in read["items"]} == {
+            "api_calls": ("100", "1.00"),
+            "exports": ("7.5", "0.00"),
+        }
+        check = client.get("/v1/reconciliation?period=2026-11", headers=ADMIN).json()
+        assert check["ok"] is True, check["findings"]
+        exports = next(m for m in check["meters"] if m["meter"] == "exports")
+        assert (exports["raw"], exports["replayed"], exports["projected"]) == ("7.5",) * 3
+        assert exports["amount"] == "0.00"
 
         # From this open period on the customer's plan prices exports: billed from the log.
         assert (
@@ -155,6 +165,11 @@ def test_unpriced_usage_is_recorded_then_billed_from_the_log_once_a_plan_prices_
         assert billed["api_calls"]["amount"] == "1.00"
         assert closed["total"] == "12.25"
         assert lines_of(client, "acme", "2026-11")["exports"]["amount"] == "11.25"
+        read = client.get("/v1/customers/acme/usage?period=2026-11", headers=ADMIN).json()
+        assert {i["meter"]: i["amount"] for i in read["items"]} == {
+            "api_calls": "1.00",
+            "exports": "11.25",
+        }
         check = client.get("/v1/reconciliation?period=2026-11", headers=ADMIN).json()
         assert check["ok"] is True, check["findings"]
 

@@ -9,8 +9,9 @@ from uuid import UUID
 
 from billing_domain.ids import invoice_id
 from billing_domain.invoicing import charge_amount, total_of
+from billing_domain.numbers import ZERO
 from billing_domain.period import BillingPeriod
-from billing_domain.pricing import Charge, parse_charges
+from billing_domain.pricing import Charge, parse_charges, round_money
 from billing_domain.usage import aggregate_quantity, decimal_text, new_totals
 from billing_domain.verification import PeriodLedger
 from projections.reconciliation.findings import (
@@ -210,18 +211,26 @@ class ViewChecks(Checks):
             for line in (ledger.revisions[-1].data["lines"] if ledger.revisions else ())
             if line.get("kind") == "usage"
         }
-        for charge in charges:
-            totals = billed.get(charge.meter) or new_totals(charge.aggregation, charge.field)
+        priced = {charge.meter for charge in charges}
+        unpriced = [(meter, None) for meter in sorted(set(billed) - priced)]
+        for meter, charge in [*((c.meter, c) for c in charges), *unpriced]:
+            if charge is None:  # recorded usage no charge prices: listed at no amount
+                totals = billed[meter]
+                amount = str(round_money(ZERO, currency))
+            else:
+                totals = billed.get(meter) or new_totals(charge.aggregation, charge.field)
+                amount = str(charge_amount(charge, totals, currency))
             quantity = decimal_text(aggregate_quantity(totals))
-            amount = str(charge_amount(charge, totals, currency))
-            got = projected.get(charge.meter)
+            got = projected.get(meter)
+            if charge is None and got is None and quantity == "0":
+                continue
             seen = (got["quantity"], got["amount"]) if got else None
-            issued = issued_lines.get(charge.meter)
+            issued = issued_lines.get(meter)
             self.rows.append(
                 {
                     "customer_id": ledger.customer_id,
-                    "meter": charge.meter,
-                    "raw": decimal_text(ledger.quantity(charge.meter)),
+                    "meter": meter,
+                    "raw": decimal_text(ledger.quantity(meter)),
                     "replayed": quantity,
                     "projected": seen[0] if seen else None,
                     "issued": issued["quantity"] if issued else None,
@@ -238,7 +247,7 @@ class ViewChecks(Checks):
                     "usage balance row missing"
                     if got is None
                     else "usage balance row does not match the replay",
-                    meter=charge.meter,
+                    meter=meter,
                     expected=f"{quantity} / {amount}",
                     actual=None if seen is None else f"{seen[0]} / {seen[1]}",
                 )
