@@ -31,7 +31,6 @@ _OTHER_KINDS = "more kinds of refusal in this window than the log keeps apart"
 _OTHERS: Kind = ("request.refused", "*", "*", _OTHER_KINDS, ())
 
 
-
 @dataclass
 class _Tally:
     count: int

@@ -26,7 +26,7 @@ from billing_domain.errors import StoreContention
 from billing_domain.settings import Settings
 from tests.api_support import ADMIN, event, http, setup_acme
 from tests.conftest import POSTGRES_URL, Clock, _require_postgres
-from tests.test_e2e_serve import ROOT, free_port
+from tests.e2e.test_e2e_serve import ROOT, free_port
 
 
 def assert_store_unavailable(response: Any) -> None:

@@ -15,7 +15,7 @@ from billing_domain.settings import Settings
 from projections.errors import SchemaMismatch
 from projections.runner import TRACKING
 from tests.conftest import Clock
-from tests.test_projections import a_month_of_business
+from tests.integration.test_projections import a_month_of_business
 
 
 @pytest.fixture

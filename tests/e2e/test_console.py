@@ -26,9 +26,9 @@ import pytest
 from api.console.sessions import SessionStore
 from projections.store import SQLiteViewStore
 from tests.conftest import POSTGRES_URL, STORES, _require_postgres
-from tests.test_e2e_serve import free_port
+from tests.e2e.test_e2e_serve import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",

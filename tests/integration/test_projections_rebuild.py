@@ -19,8 +19,8 @@ from billing_domain.settings import Settings
 from projections.ledger import InvoicesProjection
 from projections.runner import REGISTRY
 from tests.conftest import Clock
+from tests.integration.test_projections import a_month_of_business
 from tests.scenario import at, customer, usage
-from tests.test_projections import a_month_of_business
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ openmeter = pytest.importorskip("openmeter")
 cloudevents_http = pytest.importorskip("cloudevents.http")
 cloudevents_conversion = pytest.importorskip("cloudevents.conversion")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

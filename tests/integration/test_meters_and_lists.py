@@ -21,7 +21,7 @@ from billing_domain.reducer import add_totals, fold, usage_deltas
 from billing_domain.usage import aggregate_quantity, new_totals
 from tests.api_support import ADMIN, event, http, setup_acme
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 def per_unit(meter: str, amount: str, **extra: Any) -> dict[str, Any]:

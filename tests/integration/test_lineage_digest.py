@@ -29,7 +29,7 @@ from tests import defects
 from tests.api_support import ADMIN, bearer, event, http, setup_acme
 from tests.scenario import at, customer, usage
 
-FIXTURE = Path(__file__).parent / "fixtures" / "period_closed_v1.json"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "period_closed_v1.json"
 
 
 def reference_items(app: BillingApplication, customer_id: str, period: str) -> list[int]:

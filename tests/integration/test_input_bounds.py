@@ -19,7 +19,7 @@ from billing_domain.errors import InvalidInput
 from tests.api_support import ADMIN, event, http, setup_acme
 
 JSON = {**ADMIN, "Content-Type": "application/json"}
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 _ids = itertools.count()
 
 GOOD_ADJUSTMENT = {

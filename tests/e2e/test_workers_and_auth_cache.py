@@ -26,7 +26,7 @@ import pytest
 from billing_domain.application import BillingApplication
 from billing_domain.errors import NotAuthenticated
 from billing_domain.settings import Settings
-from tests.test_e2e_serve import ROOT, free_port
+from tests.e2e.test_e2e_serve import ROOT, free_port
 
 NOW = (datetime.now(UTC) - timedelta(minutes=1)).replace(microsecond=0)
 ADMIN = secrets.token_urlsafe(24)

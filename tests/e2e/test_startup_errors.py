@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_e2e_serve import ROOT, free_port
+from tests.e2e.test_e2e_serve import ROOT, free_port
 
 
 def run_billing(*args: str, env: dict[str, str], cwd: Path = ROOT) -> tuple[int, str, float]:

@@ -23,10 +23,10 @@ from billing_domain.settings import Settings
 from billing_domain.usage import UsageInput, iso
 from tests.api_support import ADMIN, bearer, event, http, setup_acme
 from tests.conftest import Clock
-from tests.test_workers_and_auth_cache import admin, refused_within, serving, setup
-from tests.test_workers_and_auth_cache import usage as live_usage
+from tests.e2e.test_workers_and_auth_cache import admin, refused_within, serving, setup
+from tests.e2e.test_workers_and_auth_cache import usage as live_usage
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 NOW_EVENT = "2026-11-24T11:00:00Z"
 
 
