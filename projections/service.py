@@ -6,21 +6,18 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-import psycopg
-from eventsourcing.persistence import PersistenceError
-
 from billing_domain.application import BillingApplication
 from projections import quarantine
 from projections.audit import AuditProjection
 from projections.base import stamp
 from projections.errors import NotQuarantined, UnknownProjection
+from projections.health import STORE_ERRORS, StoreUnavailable, down_answer
 from projections.ledger import InvoicesProjection
 from projections.lineage import LineageReads
 from projections.reads import InvoiceReads, decode_cursor, encode_cursor
@@ -34,13 +31,6 @@ MAX_HEALTH_PROBES = 8  # hung probes of an unreachable store, beyond which /heal
 DEFAULT_MAX_LAG = 10_000
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class StoreUnavailable(Exception):
-    """The store did not answer in time."""
-
-
-STORE_ERRORS = (StoreUnavailable, PersistenceError, sqlite3.Error, psycopg.Error, OSError)
 
 
 class ProjectionService:
@@ -275,11 +265,11 @@ class ProjectionService:
         try:
             head = self._within(timeout, self.max_position)
         except STORE_ERRORS as error:
-            return _down("event store", error)
+            return down_answer("event store", error)
         try:
             rows = self._within(timeout, self.status)
         except STORE_ERRORS as error:
-            return _down("view store", error, position=head)
+            return down_answer("view store", error, position=head)
         reasons = []
         for row in rows:
             if row["state"] == "retired":
@@ -498,17 +488,6 @@ class ProjectionService:
     def close(self) -> None:
         self.stop_background()
         self.store.close()
-
-
-def _down(what: str, error: BaseException, position: int | None = None) -> dict[str, Any]:
-    reason = f"{what} does not answer: {type(error).__name__}: {error}"
-    return {
-        "status": "down",
-        "store": {"status": "down" if what == "event store" else "ok", "position": position},
-        "position": position,
-        "projections": [],
-        "reasons": [reason],
-    }
 
 
 def _at(moment: datetime | None) -> str | None:
