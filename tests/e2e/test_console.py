@@ -286,6 +286,11 @@ class Person:
         cookies = {c["name"]: c["value"] for c in self.context.cookies()}
         return httpx.post(f"{self.served.base}{url}", data=form or {}, cookies=cookies)
 
+    def get(self, url: str) -> httpx.Response:
+        """A GET with this person's session cookie, outside the page."""
+        cookies = {c["name"]: c["value"] for c in self.context.cookies()}
+        return httpx.get(f"{self.served.base}{url}", cookies=cookies)
+
     def close(self) -> None:
         self.context.close()
         assert self.errors == [], self.errors
@@ -356,12 +361,19 @@ def test_finance_reads_a_customer_an_invoice_and_a_line_whose_records_add_up(ser
         ("/invoices", "invoices"),
         ("/reconciliation", "reconciliation"),
         ("/audit", "audit"),
-        ("/projections", "projections"),
     ):
         page.goto(url)
         page.wait_for_selector("main h1")
         finance.shot(name)
+    assert page.locator("#run-form").count() == 0
+    nav = page.locator("nav[aria-label=Main] a").all_inner_texts()
+    assert nav == ["Overview", "Invoices", "Reconciliation", "Audit", "Identities"]
+    # the projections' state is the operators' (GET /v1/projections): a readable 403 page
+    page.goto("/projections")
+    assert "may not read the projections" in page.inner_text("#error-message")
     assert page.locator("button:has-text('Rebuild')").count() == 0
+    finance.shot("projections-refused")
+    finance.forgive(403)
     page.goto("/invoices?status=issued")
     assert page.locator("#invoices tbody tr").count() == 1
     with page.expect_download() as download:
@@ -381,7 +393,7 @@ def test_finance_reads_a_customer_an_invoice_and_a_line_whose_records_add_up(ser
     assert r.status_code == 403, (r.headers, r.text[:500])
     assert finance.post("/logout", {"csrf_token": token[::-1]}).status_code == 403
     assert finance.post("/invoices/x/verify").status_code == 403
-    page.goto("/projections")
+    page.goto("/invoices")
     page.click("button:has-text('Sign out')")
     page.wait_for_selector("#login-message")
     assert "signed out" in page.inner_text("#login-message")
@@ -419,7 +431,12 @@ def test_an_operator_rebuilds_a_projection_and_sees_it_switch(served, person):
     operator = person()
     page = operator.page
     operator.sign_in(served.keys["operator"])
-    page.goto("/projections")
+    page.wait_for_selector("#run-form")  # an operator lands on the first page it may open
+    assert page.url == f"{served.base}/reconciliation"
+    nav = page.locator("nav[aria-label=Main] a").all_inner_texts()
+    assert nav == ["Reconciliation", "Projections", "Identities"]
+    page.click("nav[aria-label=Main] a:has-text('Projections')")
+    page.wait_for_selector("#projections")
     before = page.inner_text("#projections")
     assert re.search(r"invoices\s+1\s+live", before)
     page.click("#rebuild-invoices-button")
@@ -427,11 +444,23 @@ def test_an_operator_rebuilds_a_projection_and_sees_it_switch(served, person):
     operator.shot("projections-rebuilt")
     assert "retired" in page.inner_text("#version-invoices_v1")
 
-    page.goto(f"/invoices/{served.invoice_last}")  # reads come from the new version
-    page.click("#verify")
-    page.wait_for_selector("#verify-outcome")
-    assert "Pass" in page.inner_text("#verify-outcome")
-    operator.shot("invoice-verified")
+    # invoices are read by finance and admins only (GET /v1/invoices/{invoice_id})
+    page.goto(f"/invoices/{served.invoice_last}")
+    assert "may not read invoices" in page.inner_text("#error-message")
+    operator.shot("invoice-refused")
+    operator.forgive(403)
+    for url in ("/", "/audit", "/customers/acme", "/invoices.csv"):
+        refused = operator.get(url)
+        assert refused.status_code == 403 and "Not allowed" in refused.text, url
+
+    admin = person()  # an admin reads and verifies it, from the rebuilt version
+    admin.sign_in(served.admin)
+    admin.page.wait_for_selector("#overview")
+    admin.page.goto(f"/invoices/{served.invoice_last}")
+    admin.page.click("#verify")
+    admin.page.wait_for_selector("#verify-outcome")
+    assert "Pass" in admin.page.inner_text("#verify-outcome")
+    admin.shot("invoice-verified")
 
     page.goto("/reconciliation")
     page.fill("#r-period", served.period_last)

@@ -10,6 +10,7 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
 from litestar.response import Redirect, Template
 
+from api.console import roles
 from api.console.signin import (
     COOKIE,
     CSRF_FIELD,
@@ -92,7 +93,7 @@ async def login(request: Request[Any, Any, Any]) -> Response[Any]:
         return _login_page(request, "Enter your key.", status_code=422)
     console = console_of(request)
     try:
-        session_id, _ = await anyio.to_thread.run_sync(
+        session_id, opened = await anyio.to_thread.run_sync(
             sign_in, console, key.strip(), client_of(request)
         )
     except SignInRefused as refused:
@@ -104,7 +105,10 @@ async def login(request: Request[Any, Any, Any]) -> Response[Any]:
             status_code=429,
         )
     del key
+    role = opened.role
     target = _next(str(form.get("next") or ""))
+    if target == "/" and not roles.may(role, "console:overview"):
+        target = roles.home(role)
     response: Redirect = Redirect(target, status_code=303)
     response.set_cookie(_cookie(request, COOKIE, session_id, int(console.sessions.lifetime)))
     response.delete_cookie(LOGIN_COOKIE, path="/")

@@ -12,7 +12,8 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.response import Redirect, Template
 
 from adapters.persistence import store_unavailable
-from api.console.signin import COOKIE, CsrfRefused, SignInRequired
+from api.console import roles
+from api.console.signin import COOKIE, CsrfRefused, SignInRequired, console_of
 from api.console.view import HEADERS, GoTo, is_htmx
 from api.http.errors import status_of
 from billing_domain.errors import BillingError
@@ -54,11 +55,23 @@ def error_page(
             "message": message,
             "field": field,
             "page": None,
-            "signed_in": bool(request.cookies.get(COOKIE)),
+            "home": _home(request),
         },
         status_code=status,
         headers=HEADERS,
     )
+
+
+def _home(request: Request[Any, Any, Any]) -> str | None:
+    """The first page the signed-in role may open (None when not signed in)."""
+    cookie = request.cookies.get(COOKIE)
+    if not cookie:
+        return None
+    try:
+        session = console_of(request).sessions.get(cookie)
+    except Exception:  # the store is down: the error page still answers
+        return "/"
+    return None if session is None else roles.home(session.role)
 
 
 def _escape(text: str) -> str:

@@ -11,8 +11,9 @@ import anyio
 from litestar import Request, get, post
 from litestar.response import Redirect, Template
 
-from api.console.signin import ACT, check_csrf, current, require
-from api.console.view import Page, fresh, open_page, path, whole
+from api.console import roles
+from api.console.signin import check_csrf, current
+from api.console.view import Page, check_role, fresh, open_page, path, whole
 from billing_domain import bounds
 from billing_domain.errors import InvalidInput
 from billing_domain.identity import Principal
@@ -20,7 +21,6 @@ from billing_domain.usage import iso
 from projections.activity import IdentityReads
 
 STALE_DAYS = 30
-ROTATE = frozenset({"admin"})
 LIST_SIZE = 500
 
 
@@ -45,26 +45,25 @@ def identities(request: Request[Any, Any, Any]) -> Template:
     """Emitters, their owners and grants; keys with expiry and last use, stale ones marked."""
     page = open_page(request)
     stale_days = whole(request.query_params.get("stale_days"), "stale_days", STALE_DAYS, 1, 36500)
-    page.context.update(_listing(page, stale_days), may_rotate=page.session.role in ROTATE)
+    page.context.update(_listing(page, stale_days), may_rotate=page.may("console:rotate"))
     return page.render("identities.html")
 
 
-async def _confirmed(
-    request: Request[Any, Any, Any], roles: frozenset[str], what: str
-) -> tuple[Page, dict[str, Any]]:
+async def _confirmed(request: Request[Any, Any, Any]) -> tuple[Page, dict[str, Any]]:
     session = current(request)
     form = dict(await request.form())
     check_csrf(request, session, form)
-    require(session, roles, what)
+    check_role(request, session)
     if form.get("confirm") != "yes":
+        what = roles.access(request.route_handler.name).what
         raise InvalidInput(f"tick the box to confirm you mean to {what}", field="confirm")
-    return open_page(request, roles, what), form
+    return open_page(request), form
 
 
 @post("/identities/emitters/{emitter_id:str}/offboard", name="console:offboard", status_code=303)
 async def offboard(request: Request[Any, Any, Any], emitter_id: str) -> Redirect:
     """Revoke every key of the emitter and end its grants (operators and admins)."""
-    page, form = await _confirmed(request, ACT, "offboard an emitter")
+    page, form = await _confirmed(request)
     reason = bounds.check_text(str(form.get("reason") or ""), "reason", bounds.MAX_REASON_LENGTH)
 
     def act() -> None:
@@ -77,7 +76,7 @@ async def offboard(request: Request[Any, Any, Any], emitter_id: str) -> Redirect
 @post("/identities/keys/{key_id:str}/rotate", name="console:rotate", status_code=200)
 async def rotate(request: Request[Any, Any, Any], key_id: str) -> Template:
     """Issue the key's successor (admins); the new key is shown on this page only, once."""
-    page, form = await _confirmed(request, ROTATE, "rotate a key")
+    page, form = await _confirmed(request)
     overlap = whole(
         str(form.get("overlap_seconds") or ""), "overlap_seconds", 86_400, 0, 30 * 86_400
     )

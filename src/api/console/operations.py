@@ -10,8 +10,8 @@ from litestar import Request, get, post
 from litestar.response import Redirect, Template
 
 from api.console import queries, runs
-from api.console.signin import ACT, check_csrf, current, require
-from api.console.view import Page, is_htmx, open_page, path, whole, with_query
+from api.console.signin import check_csrf, current
+from api.console.view import Page, check_role, is_htmx, open_page, path, whole, with_query
 from billing_domain import bounds
 from billing_domain.application import check_period
 from billing_domain.errors import InvalidInput, NotFound
@@ -23,13 +23,13 @@ from projections.reconciliation import reconcile
 AUDIT_PAGE = 50
 
 
-async def _acting(request: Request[Any, Any, Any], what: str) -> tuple[Page, dict[str, Any]]:
-    """A POST: signed in, with this session's CSRF token, by a role that may act."""
+async def _acting(request: Request[Any, Any, Any]) -> tuple[Page, dict[str, Any]]:
+    """A POST: signed in, with this session's CSRF token, by a role that may take it."""
     session = current(request)
     form = await request.form()
     check_csrf(request, session, form)
-    require(session, ACT, what)
-    return open_page(request, ACT, what), dict(form)
+    check_role(request, session)
+    return open_page(request), dict(form)
 
 
 # Reconciliation ------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def reconciliation(request: Request[Any, Any, Any]) -> Template:
 @post("/reconciliation", name="console:reconcile", status_code=303)
 async def run_reconciliation(request: Request[Any, Any, Any]) -> Redirect:
     """Reconcile a period now (operator) and keep the result."""
-    page, form = await _acting(request, "run reconciliation")
+    page, form = await _acting(request)
     period = str(form.get("period") or "").strip()
     check_period(period)
     customer_id = str(form.get("customer_id") or "").strip() or None
@@ -160,7 +160,7 @@ def projections(request: Request[Any, Any, Any]) -> Template:
 @post("/projections/{name:str}/rebuild", name="console:rebuild", status_code=200)
 async def rebuild(request: Request[Any, Any, Any], name: str) -> Template | Redirect:
     """Build the next version from the log in the background; reads switch when it is done."""
-    page, _ = await _acting(request, "rebuild projections")
+    page, _ = await _acting(request)
     base_name(name)
     await anyio.to_thread.run_sync(page.services.read_models.start_rebuild, name)
     return await _after_action(request, page)
@@ -169,7 +169,7 @@ async def rebuild(request: Request[Any, Any, Any], name: str) -> Template | Redi
 @post("/projections/{name:str}/switch", name="console:switch", status_code=200)
 async def switch(request: Request[Any, Any, Any], name: str) -> Template | Redirect:
     """Switch reads to a version that was built but not switched (state `ready`)."""
-    page, form = await _acting(request, "switch projections")
+    page, form = await _acting(request)
     number = whole(str(form.get("version") or ""), "version", 1, 1, 10**6)
     models = page.services.read_models
     ready = [

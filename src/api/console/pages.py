@@ -15,8 +15,8 @@ from litestar import Request, Response, get, post
 from litestar.response import Template
 
 from api.console import queries
-from api.console.signin import ACT, check_csrf, current, require
-from api.console.view import PAGE_SIZES, Page, fresh, is_htmx, open_page, path, whole
+from api.console.signin import check_csrf, current
+from api.console.view import PAGE_SIZES, Page, check_role, fresh, is_htmx, open_page, path, whole
 from billing_domain.application import check_period
 from billing_domain.errors import InvalidInput, NotFound
 from billing_domain.ids import invoice_id as invoice_id_of
@@ -372,7 +372,7 @@ async def verify(request: Request[Any, Any, Any], invoice_id: str) -> Template:
     """Recompute the period's digests and compare log, replay, read models and invoice."""
     session = current(request)
     check_csrf(request, session, await request.form())
-    require(session, ACT, "verify invoices")
+    check_role(request, session)
     page = open_page(request)
     found = page.services.read_models.invoice(invoice_id)
     if found is None:

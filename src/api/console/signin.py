@@ -11,6 +11,7 @@ from eventsourcing.application import AggregateNotFoundError
 from litestar import Request
 
 from api.bootstrap import Services
+from api.console.roles import CONSOLE
 from api.console.sessions import Session, SessionStore
 from billing_domain.errors import NotAuthenticated, NotAuthorised
 from billing_domain.identity import Key, hash_secret
@@ -20,9 +21,6 @@ COOKIE = "billing_console"
 LOGIN_COOKIE = "billing_console_login"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
-
-READ = frozenset({"admin", "operator", "finance"})
-ACT = frozenset({"admin", "operator"})
 
 
 class SignInRequired(Exception):
@@ -87,7 +85,7 @@ def sign_in(console: Console, token: str, client: str) -> tuple[str, Session]:
             "This is an emitter key: it sends usage and cannot sign in to the console. "
             "Use an admin, operator or finance key."
         )
-    if caller.role not in READ:
+    if caller.role not in CONSOLE:
         raise SignInRefused(f"A {caller.role} key cannot sign in to the console.")
     secret_hash = hash_secret(token) if caller.key_id == "bootstrap" else None
     return console.sessions.open(caller.key_id, caller.role, caller.emitter, secret_hash)
@@ -125,7 +123,8 @@ def current(request: Request[Any, Any, Any]) -> Session:
 
 def require(session: Session, roles: frozenset[str], what: str) -> None:
     if session.role not in roles:
-        raise NotAuthorised(f"a {session.role} key may not {what}")
+        article = "an" if session.role[:1] in "aeiou" else "a"
+        raise NotAuthorised(f"{article} {session.role} key may not {what}")
 
 
 def check_csrf(request: Request[Any, Any, Any], session: Session, form: Any) -> None:

@@ -12,8 +12,9 @@ from litestar import Request
 from litestar.response import Template
 
 from api.bootstrap import Services
+from api.console import roles
 from api.console.sessions import Session
-from api.console.signin import CSRF_FIELD, READ, console_of, current, require
+from api.console.signin import CSRF_FIELD, console_of, current, require
 from billing_domain import bounds
 from billing_domain.errors import InvalidInput
 from projections.base import stamp
@@ -71,9 +72,17 @@ class Page:
             return None
         return self.as_of.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
+    def may(self, route: str) -> bool:
+        """Whether this session's role may open the page or take the action named `route`."""
+        return roles.may(self.session.role, route)
+
     @property
-    def may_act(self) -> bool:
-        return self.session.role in ("admin", "operator")
+    def navigation(self) -> list[tuple[str, str]]:
+        return roles.navigation(self.session.role)
+
+    @property
+    def home(self) -> str:
+        return roles.home(self.session.role)
 
     def href(self, url: str, **params: Any) -> str:
         """A console link that keeps this page's as_of."""
@@ -93,12 +102,11 @@ class Page:
         )
 
 
-def open_page(
-    request: Request[Any, Any, Any], roles: frozenset[str] = READ, what: str = "read the console"
-) -> Page:
-    """The page's session (or SignInRequired / NotAuthorised) and its as_of (RFC 3339)."""
+def open_page(request: Request[Any, Any, Any]) -> Page:
+    """The page's session (or SignInRequired; NotAuthorised for a role the route's entry in
+    `roles.ACCESS` does not list) and its as_of (RFC 3339)."""
     session = current(request)
-    require(session, roles, what)
+    check_role(request, session)
     picked = request.query_params.get("as_of_utc")
     if picked is not None:
         raise GoTo(_picked(request, picked))
@@ -106,6 +114,11 @@ def open_page(
     moment = None if text is None else bounds.parse_time(text, "as_of")
     services = console_of(request).services
     return Page(request, session, services, moment, text)
+
+
+def check_role(request: Request[Any, Any, Any], session: Session) -> None:
+    rule = roles.access(request.route_handler.name)
+    require(session, rule.roles, rule.what)
 
 
 def _picked(request: Request[Any, Any, Any], picked: str) -> str:
