@@ -50,6 +50,8 @@ MAX_PLAN_TIERS = 100
 MAX_GRANT_METERS = 100
 
 _PRINTABLE_ASCII_ID = re.compile(r"[!-~]+", re.ASCII)
+_PLAIN_ASCII_ID = re.compile(r"[!-.0-\[\]-~]+", re.ASCII)  # printable, no '/' or '\\'
+_RESERVED_IDS = frozenset({".", "..", WILDCARD})
 _PRINTABLE_ASCII_TEXT = re.compile(r"[ -~]+", re.ASCII)
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?", re.ASCII)
 _RFC3339 = re.compile(
@@ -86,6 +88,18 @@ def json_number(text: str) -> Decimal | UnboundedNumber:
 def check_id(value: Any, field: str, max_length: int = MAX_ID_LENGTH) -> str:
     """An identifier: 1..max_length printable characters in NFC, no space, no '/' or '\\',
     not '.', '..' or the grant wildcard '*'."""
+    if (
+        type(value) is str
+        and len(value) <= max_length
+        and _PLAIN_ASCII_ID.fullmatch(value)
+        and value not in _RESERVED_IDS
+    ):
+        return value  # the common case; anything else goes through every check
+    return check_id_fully(value, field, max_length)
+
+
+def check_id_fully(value: Any, field: str, max_length: int = MAX_ID_LENGTH) -> str:
+    """`check_id` without its shortcut: refuses naming the first bound broken."""
     if not isinstance(value, str) or not value:
         raise InvalidInput("must be a non-empty string", field=field)
     if len(value) > max_length:
@@ -181,6 +195,25 @@ def _check_plain(text: str, field: str) -> None:
 def bounded_decimal(number: Decimal, field: str) -> Decimal:
     """The number itself when it is within the bounds, in plain notation (1E+3 is 1000; zero
     in any notation is 0). Never expands an exponent beyond the bounds."""
+    if not number.is_finite():
+        raise InvalidInput("must be a finite decimal number", field=field)
+    if not number:
+        return Decimal(0)
+    _, digits, exponent = number.as_tuple()
+    if (
+        isinstance(exponent, int)
+        and -MAX_DECIMAL_PLACES <= exponent <= 0
+        and len(digits) <= MAX_SIGNIFICANT_DIGITS
+        and len(digits) + exponent <= MAX_INTEGER_DIGITS
+    ):
+        # Already plain and within every bound counted even with its trailing zeros: the
+        # common case, decided without writing the number out.
+        return number
+    return bounded_decimal_fully(number, field)
+
+
+def bounded_decimal_fully(number: Decimal, field: str) -> Decimal:
+    """`bounded_decimal` without its shortcut."""
     if not number.is_finite():
         raise InvalidInput("must be a finite decimal number", field=field)
     if not number:

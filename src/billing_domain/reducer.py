@@ -164,10 +164,14 @@ def grow(
 ) -> tuple[int, int]:
     """Append billed items to the lineage tree's compact range (in place; None for a period
     still on the sum scheme) and to the sum; return the new (count, accumulator)."""
+    if peaks is None:
+        for item in items:
+            accumulator = (accumulator + item) % DIGEST_MODULUS
+            count += 1
+        return count, accumulator
     for item in items:
         accumulator = (accumulator + item) % DIGEST_MODULUS
-        if peaks is not None:
-            append(peaks, count, item)
+        append(peaks, count, item)
         count += 1
     return count, accumulator
 

@@ -1,0 +1,102 @@
+"""The ingest hot path's shortcuts give exactly what the general code gives.
+
+Each shortcut (canonical JSON of flat properties, plain identifiers, plain decimals) is held
+to the general path over generated inputs, including the characters JSON escapes and the
+identifiers and numbers the bounds refuse."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from billing_domain import bounds
+from billing_domain.errors import InvalidInput
+from billing_domain.usage import _part, canonical_json
+
+TEXT = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",))
+    | st.sampled_from('"\\/\x00\x7f'),
+    max_size=12,
+)
+FLAT = st.dictionaries(TEXT, TEXT, max_size=20)
+NESTED = st.dictionaries(
+    TEXT, st.one_of(TEXT, st.integers(), st.lists(TEXT, max_size=3)), max_size=5
+)
+
+
+@given(FLAT)
+def test_flat_properties_hash_as_the_json_encoder_writes_them(properties: dict[str, str]) -> None:
+    expected = json.dumps(properties, sort_keys=True, separators=(",", ":"), default=str)
+    assert _part(properties) == expected == canonical_json(properties)
+
+
+@given(NESTED)
+def test_other_properties_take_the_encoder(properties: dict[str, Any]) -> None:
+    assert _part(properties) == json.dumps(
+        properties, sort_keys=True, separators=(",", ":"), default=str
+    )
+
+
+def test_flat_shortcut_output_for_a_typical_object() -> None:
+    assert _part({"region": "eu", "a/b": "x y"}) == '{"a/b":"x y","region":"eu"}'
+    assert _part({"q": 'say "hi"'}) == '{"q":"say \\"hi\\""}'
+    assert _part({}) == "{}"
+
+
+def _outcome(check: Any, *args: Any) -> Any:
+    try:
+        result = check(*args)
+    except InvalidInput as error:
+        return ("refused", error.field, error.reason)
+    return (result, result.as_tuple()) if isinstance(result, Decimal) else result
+
+
+IDS = st.one_of(
+    st.text(max_size=10),
+    st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=10),
+    st.sampled_from([".", "..", "*", "a/b", "a\\b", "", "x" * 9, "ok-id_1.2", "é", "e\u0301"]),
+    st.integers(),
+    st.none(),
+)
+
+
+@given(IDS)
+def test_identifier_shortcut_decides_as_the_full_check(value: Any) -> None:
+    assert _outcome(bounds.check_id, value, "meter", 8) == _outcome(
+        bounds.check_id_fully, value, "meter", 8
+    )
+
+
+NUMBERS = st.one_of(
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.decimals(allow_nan=False, allow_infinity=False, places=20),
+    st.builds(
+        lambda digits, exponent, negative: Decimal(f"{'-' if negative else ''}{digits}E{exponent}"),
+        st.integers(min_value=0, max_value=10**45),
+        st.integers(min_value=-25, max_value=30),
+        st.booleans(),
+    ),
+)
+
+
+@given(NUMBERS)
+def test_decimal_shortcut_decides_as_the_full_check(number: Decimal) -> None:
+    assert _outcome(bounds.bounded_decimal, number, "quantity") == _outcome(
+        bounds.bounded_decimal_fully, number, "quantity"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1.5", "0.000000000000000001", "9" * 28, "1" + "0" * 28, "1." + "0" * 19, "-2.50", "0E+5"],
+)
+def test_decimal_shortcut_edges(text: str) -> None:
+    number = Decimal(text)
+    assert _outcome(bounds.bounded_decimal, number, "quantity") == _outcome(
+        bounds.bounded_decimal_fully, number, "quantity"
+    )
