@@ -8,6 +8,7 @@ rebuild switching reads moves these queries with it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,20 +197,9 @@ INVOICE_SORTS = ("customer", "period", "revision", "status", "total", "issued_at
 STATUSES = ("draft", "issued", "superseded")
 
 
-def invoices(
-    services: Services,
-    *,
-    customer_id: str | None,
-    period: str | None,
-    status: str | None,
-    sort: str,
-    descending: bool,
-    offset: int,
-    limit: int,
-) -> tuple[list[dict[str, Any]], int]:
-    """One page of invoices: each invoice's latest revision, or with `status` the revisions in
-    that status (so `superseded` lists the revisions a later one replaced)."""
-    t = Tables.of(services)
+def _invoice_filter(
+    t: Tables, customer_id: str | None, period: str | None, status: str | None
+) -> tuple[str, list[Any]]:
     where, params = ["1 = 1"], list[Any]()
     if customer_id:
         where.append("i.customer_id = ?")
@@ -225,7 +215,11 @@ def invoices(
             f"i.revision = (SELECT MAX(x.revision) FROM {t.invoices} x WHERE "
             "x.invoice_id = i.invoice_id)"
         )
-    key = {
+    return " AND ".join(where), params
+
+
+def _invoice_key(sort: str) -> str:
+    return {
         "customer": "i.customer_id",
         "period": "i.period",
         "revision": "i.revision",
@@ -233,18 +227,88 @@ def invoices(
         "total": _numeric("i.total"),
         "issued_at": "i.issued_at",
     }.get(sort, "i.customer_id")
+
+
+INVOICE_COLUMNS = (
+    "i.invoice_id, i.customer_id, i.period, i.revision, i.status, i.total, i.currency, i.issued_at"
+)
+
+
+def invoices(
+    services: Services,
+    *,
+    customer_id: str | None,
+    period: str | None,
+    status: str | None,
+    sort: str,
+    descending: bool,
+    offset: int,
+    limit: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of invoices: each invoice's latest revision, or with `status` the revisions in
+    that status (so `superseded` lists the revisions a later one replaced)."""
+    t = Tables.of(services)
+    sql_where, params = _invoice_filter(t, customer_id, period, status)
+    key = _invoice_key(sort)
     direction = "DESC" if descending else "ASC"
-    sql_where = " AND ".join(where)
     with services.read_models.store.read() as cur:
         count = cur.one(f"SELECT COUNT(*) AS n FROM {t.invoices} i WHERE {sql_where}", params)
         rows = cur.all(
-            f"SELECT i.invoice_id, i.customer_id, i.period, i.revision, i.status, i.total, "
-            f"i.currency, i.issued_at FROM {t.invoices} i WHERE {sql_where} "
+            f"SELECT {INVOICE_COLUMNS} FROM {t.invoices} i WHERE {sql_where} "
             f"ORDER BY ({key}) IS NULL, {key} {direction}, i.customer_id, i.period, i.revision "
             "LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
     return [{**r, "revision": int(r["revision"])} for r in rows], int(count["n"]) if count else 0
+
+
+def all_invoices(
+    services: Services,
+    *,
+    customer_id: str | None,
+    period: str | None,
+    status: str | None,
+    sort: str,
+    descending: bool,
+    chunk: int = 1000,
+) -> Iterator[list[dict[str, Any]]]:
+    """Every invoice row `invoices` would list for the same filters, in the same order, in
+    chunks of `chunk` rows: each chunk is one short read that resumes after the last row of
+    the one before (keyset paging on the sort key and customer, period, revision), so memory
+    and each query stay bounded however many rows match."""
+    t = Tables.of(services)
+    sql_where, params = _invoice_filter(t, customer_id, period, status)
+    key = _invoice_key(sort)
+    direction, op = ("DESC", "<") if descending else ("ASC", ">")
+    after: dict[str, Any] | None = None
+    tail = "(i.customer_id, i.period, i.revision) > (?, ?, ?)"
+    while True:
+        resume, resume_params = "", list[Any]()
+        if after is not None:
+            last = [after["customer_id"], after["period"], after["revision"]]
+            if after["sort_key"] is None:
+                resume = f"AND ({key}) IS NULL AND {tail} "
+                resume_params = last
+            else:
+                resume = f"AND (({key}) IS NULL OR {key} {op} ? OR ({key} = ? AND {tail})) "
+                resume_params = [after["sort_key"], after["sort_key"], *last]
+        with services.read_models.store.read() as cur:
+            rows = cur.all(
+                f"SELECT {INVOICE_COLUMNS}, {key} AS sort_key FROM {t.invoices} i "
+                f"WHERE {sql_where} {resume}"
+                f"ORDER BY ({key}) IS NULL, {key} {direction}, i.customer_id, i.period, "
+                "i.revision LIMIT ?",
+                [*params, *resume_params, chunk],
+            )
+        if not rows:
+            return
+        after = rows[-1]
+        yield [
+            {k: v for k, v in r.items() if k != "sort_key"} | {"revision": int(r["revision"])}
+            for r in rows
+        ]
+        if len(rows) < chunk:
+            return
 
 
 def audit(
