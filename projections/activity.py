@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from billing_domain.errors import InvalidInput
+from billing_domain.usage import UsageRecord
 from projections.base import Projection, stamp
 from projections.reads import decode_cursor, encode_cursor
 from projections.store import Cursor
@@ -73,9 +74,9 @@ class ActivityProjection(Projection):
             elif topic == "BillingPeriod.UsageRecorded":
                 day = stamp(e.received_at)[:10]
                 counts.setdefault((e.emitter, day), [0, 0, 0, 0])[0] += len(e.records)
-                for record in e.records:
-                    reached.add((e.emitter, day, "customer", record[1]))
-                    reached.add((e.emitter, day, "meter", record[2]))
+                for record in map(UsageRecord._make, e.records):
+                    reached.add((e.emitter, day, "customer", record.customer_id))
+                    reached.add((e.emitter, day, "meter", record.meter))
             else:
                 facts.append(e)
         holders = self._holders(cur, facts)

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from adapters.stored_json import decode_state
+from billing_domain.usage import UsageRecord
 from billing_domain.verification import PERIOD_TOPIC, PeriodLedger, repriced_lines
 from projections.reconciliation.findings import (
     DUPLICATE_EVENT_ID,
@@ -40,8 +41,8 @@ class RawChecks(Checks):
                 record = next(
                     (
                         r
-                        for r in state.get("records", ())
-                        if r[0] == event_id and r[1] == customer_id
+                        for r in map(UsageRecord._make, state.get("records", ()))
+                        if r.event_id == event_id and r.customer_id == customer_id
                     ),
                     None,
                 )
@@ -50,7 +51,7 @@ class RawChecks(Checks):
                 where.append(
                     (
                         scan.owners.get(n.originator_id, ("?", "?")),
-                        record[4],
+                        record.occurred_at,
                         n.originator_id,
                         position,
                     )

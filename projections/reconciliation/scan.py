@@ -254,11 +254,11 @@ class _Scanner:
         confirmed later by reading both events again."""
         scan = self.scan
         first_seen, candidates = scan.first_seen, scan.candidates
-        for record in records:
-            key = hash(f"{record[1]}\x1f{record[0]}")
+        for event_id, customer_id, _meter, _quantity, _occurred, _properties in records:
+            key = hash(f"{customer_id}\x1f{event_id}")
             first = first_seen.setdefault(key, position)
             if first != position:
-                candidates.append((first, position, str(record[1]), str(record[0])))
+                candidates.append((first, position, str(customer_id), str(event_id)))
 
     def fingerprint(
         self, ledger: PeriodLedger, records: PeriodRecords, s: dict[str, Any], n: Any

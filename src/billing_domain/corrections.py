@@ -30,6 +30,7 @@ from billing_domain.period import BillingPeriod
 from billing_domain.ports import KeyRow
 from billing_domain.reducer import Treatment
 from billing_domain.usage import (
+    UsageRecord,
     decimal_text,
     iso,
     period_of,
@@ -37,8 +38,8 @@ from billing_domain.usage import (
 
 
 class CorrectionCommands(CustomerLookup):
-    def recorded_usage(self, customer_id: str, event_id: str) -> tuple[KeyRow, list[Any]]:
-        """The key row and the stored record [event_id, customer, meter, qty, occurred, props]."""
+    def recorded_usage(self, customer_id: str, event_id: str) -> tuple[KeyRow, UsageRecord]:
+        """The key row and the stored record of a usage event."""
         row = self.key_store.select_keys("usage", [(customer_id, event_id)]).get(
             (customer_id, event_id)
         )
@@ -47,8 +48,8 @@ class CorrectionCommands(CustomerLookup):
         for stored in self.events.get(
             row.originator_id, gt=row.originator_version - 1, lte=row.originator_version
         ):
-            for record in getattr(stored, "records", ()):
-                if record[0] == event_id and record[1] == customer_id:
+            for record in map(UsageRecord._make, getattr(stored, "records", ())):
+                if record.event_id == event_id and record.customer_id == customer_id:
                     return row, record
         raise UnknownUsageEvent(f"usage event {event_id!r} is indexed but not in the log")
 
@@ -108,19 +109,19 @@ class CorrectionCommands(CustomerLookup):
                     "compensation", compensation_id, done, "duplicate", event_id=event_id
                 )
             row, record = self.recorded_usage(customer_id, event_id)
-            if not principal.may_ingest(customer_id, record[2], now):
-                raise refuse(record[2])
+            if not principal.may_ingest(customer_id, record.meter, now):
+                raise refuse(record.meter)
             pending: dict[UUID, Aggregate] = {}
             period = self._find(row.originator_id, BillingPeriod)
             assert period is not None
             pending[period.id] = period
-            if period.known.get(record[2], {}).get("aggregation") == "latest":
+            if period.known.get(record.meter, {}).get("aggregation") == "latest":
                 raise InvalidInput(
                     "a latest meter's reading is corrected by a newer reading or an "
                     "adjustment, not compensated",
                     field="event_id",
                 )
-            original = Decimal(record[3])
+            original = Decimal(record.quantity)
             amount = quantity if quantity is not None else period.net_quantity(event_id, original)
             if amount <= 0:
                 raise CompensationExceedsUsage(f"event {event_id!r} is already fully compensated")
@@ -129,10 +130,10 @@ class CorrectionCommands(CustomerLookup):
                 compensation_id=compensation_id,
                 event_id=event_id,
                 submitted_customer_id=customer_id,
-                meter=record[2],
+                meter=record.meter,
                 quantity=amount,
                 original_quantity=original,
-                properties=record[5],
+                properties=record.properties,
                 reason=reason,
                 actor=principal.actor,
                 received_at=iso(now),
@@ -146,7 +147,7 @@ class CorrectionCommands(CustomerLookup):
                 digest,
                 period.id,
                 period.version,
-                record[2],
+                record.meter,
                 decimal_text(amount),
             )
             self.save(*pending.values(), keys=[key])

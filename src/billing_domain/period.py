@@ -30,7 +30,7 @@ from billing_domain.reducer import (
     source_items,
     usage_deltas,
 )
-from billing_domain.usage import digest_text, new_totals
+from billing_domain.usage import UsageRecord, digest_text, new_totals
 from billing_domain.verification import adjustment_hash, compensation_hash, usage_hashes
 
 REVISION_FIELDS = (
@@ -174,7 +174,7 @@ class BillingPeriod(Aggregate):
             self._accumulate(usage_hashes(records, received_at, emitter, key_id))
         else:
             for record in records:
-                self.carried_ids[record[0]] = True
+                self.carried_ids[UsageRecord._make(record).event_id] = True
         for meter, delta in deltas.items():  # a meter is known to both once recorded
             self.billed.setdefault(meter, new_totals(delta["aggregation"], delta["field"]))
 

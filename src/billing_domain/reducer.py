@@ -24,6 +24,7 @@ from billing_domain.numbers import ZERO
 from billing_domain.pricing import parse_charges
 from billing_domain.usage import (
     DIGEST_MODULUS,
+    UsageRecord,
     aggregate_quantity,
     copy_totals,
     keep_latest,
@@ -102,20 +103,20 @@ def usage_deltas(
     """Per meter, what one event's records add: [event_id, customer, meter, quantity,
     occurred_at, properties] each, `meters` giving each meter's [aggregation, field]."""
     deltas: dict[str, Totals] = {}
-    for record in records:
-        meter = record[2]
+    for record in map(UsageRecord._make, records):
+        meter = record.meter
         delta = deltas.get(meter)
         if delta is None:
             delta = deltas[meter] = shape(existing, meter, meters[meter])
-        quantity = Decimal(record[3])
+        quantity = Decimal(record.quantity)
         if delta["aggregation"] == "latest":
             before = existing[meter]["count"] if meter in existing else 0
-            delta["values"][latest_key(record[4], before + delta["count"], quantity)] = 1
+            delta["values"][latest_key(record.occurred_at, before + delta["count"], quantity)] = 1
             keep_latest(delta["values"])
         delta["sum"] += quantity
         delta["count"] += 1
         if delta["aggregation"] in TRACKED:
-            value = tracked_value(delta, quantity, record[5])
+            value = tracked_value(delta, quantity, record.properties)
             if value is not None:
                 delta["values"][value] = delta["values"].get(value, 0) + 1
     return deltas
@@ -210,9 +211,9 @@ def late_sources(
 ) -> dict[str, list[list[Any]]]:
     """Per meter, the late records carried forward as lineage sources [kind, id, item hash]."""
     sources: dict[str, list[list[Any]]] = {}
-    for record in records:
+    for record in map(UsageRecord._make, records):
         item = usage_hash(list(record), received_at, emitter, key_id)
-        sources.setdefault(record[2], []).append(["usage", record[0], f"{item:064x}"])
+        sources.setdefault(record.meter, []).append(["usage", record.event_id, f"{item:064x}"])
     return sources
 
 

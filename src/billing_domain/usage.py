@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from billing_domain.numbers import ZERO as ZERO  # also imported from here
 
@@ -25,6 +25,20 @@ class UsageInput:
     quantity: Decimal
     occurred_at: datetime
     properties: dict[str, Any] = field(default_factory=dict)
+
+
+class UsageRecord(NamedTuple):
+    """One usage record as a period's `UsageRecorded` stores it. Stored events keep the JSON
+    array shape (a NamedTuple encodes as one), so old and new events read the same: code
+    reading stored records takes them through `UsageRecord._make` or unpacks them by name,
+    never by position."""
+
+    event_id: str
+    customer_id: str  # as submitted (a merged customer's id stays)
+    meter: str
+    quantity: str  # canonical decimal text
+    occurred_at: str  # RFC 3339, UTC
+    properties: dict[str, Any]
 
 
 @dataclass(frozen=True)
