@@ -48,6 +48,9 @@ def projections() -> None:
 @click.option("--once", is_flag=True, help="Catch up once and exit instead of following the log.")
 def run(once: bool) -> None:
     """Keep every live projection current (the long-running worker process)."""
+    from api.logs import configure
+
+    configure()  # its log lines in the format `serve` writes (BILLING_LOG_FORMAT)
     services = build()
     models = services.read_models
     console = Console(stderr=True)

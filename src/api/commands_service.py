@@ -128,10 +128,21 @@ def _default_workers() -> int:
     "read models are kept current by one supervised `billing projections run` child; "
     "1 serves and projects in this process.",
 )
-def serve(host: str, port: int, workers: int | None) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "text"]),
+    default=None,
+    help="log lines as JSON objects or plain text (default: BILLING_LOG_FORMAT, else json "
+    "unless stderr is a terminal)",
+)
+def serve(host: str, port: int, workers: int | None, log_format: str | None) -> None:
     """Run the HTTP API (BILLING_DATABASE_URL, BILLING_ADMIN_KEY)."""
     from api.http.app import create_app
+    from api.logs import FORMAT_ENV, configure
 
+    if log_format is not None:
+        os.environ[FORMAT_ENV] = log_format  # the workers inherit it
+    configure()
     workers = workers or _default_workers()
     sock = _listening_socket(host, port)
     services: Services | None
@@ -164,6 +175,8 @@ def serve(host: str, port: int, workers: int | None) -> None:
         config = uvicorn.Config(
             create_app(services),
             log_level="warning",
+            log_config=None,  # api.logs formats uvicorn's lines too
+            access_log=False,  # one request line each, from api.http.observe
             timeout_graceful_shutdown=GRACE_SECONDS,
         )
         _Server(config).run(sockets=[sock])

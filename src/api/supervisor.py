@@ -8,6 +8,10 @@ models current for every worker. The child is restarted with backoff when it die
 (or Ctrl-C) to the parent stops the workers and the child; whatever is still running
 `STOP_DEADLINE_SECONDS` later is killed.
 
+The workers count ingest, latency and group commits in prometheus-client's multiprocess
+mode: the parent makes a PROMETHEUS_MULTIPROC_DIR for them (or empties the operator's) and
+removes it at stop, so a `/metrics` scrape of any worker sums them all.
+
 Read-your-writes holds across processes: a read waits until the views' tracking position (a
 row in the view store, read on every poll) reaches the log's position.
 """
@@ -15,10 +19,12 @@ row in the view store, read on every poll) reaches the log's position.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -27,6 +33,7 @@ import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from api.bootstrap import build
+from api.metrics import MULTIPROC_ENV
 
 GRACE_SECONDS = 5
 STOP_DEADLINE_SECONDS = 8
@@ -40,7 +47,9 @@ def worker_app() -> Any:
     """The ASGI application of one worker process (uvicorn factory): Services built from the
     environment, closed when the worker stops."""
     from api.http.app import create_app
+    from api.logs import configure
 
+    configure()
     services = build()
     app = create_app(services)
     app.on_shutdown.append(services.close)
@@ -144,12 +153,39 @@ class _Workers(Multiprocess):
             self.child.join(deadline)
 
 
+def metrics_directory() -> tuple[str, bool]:
+    """Where the workers keep their counts (prometheus-client's multiprocess mode): the
+    operator's PROMETHEUS_MULTIPROC_DIR, emptied of an earlier run's files, or a new
+    temporary directory this process removes at stop. Returns it and whether it is ours."""
+    given = os.environ.get(MULTIPROC_ENV, "").strip()
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(given, name))
+        return given, False
+    return tempfile.mkdtemp(prefix="billing-metrics-"), True
+
+
 def run_workers(sock: socket.socket, workers: int, *, external_projections: bool) -> None:
     """Serve on `sock` from `workers` processes until SIGTERM or SIGINT."""
+    directory, owned = metrics_directory()
+    try:
+        _run_workers(sock, workers, directory, external_projections=external_projections)
+    finally:
+        if owned:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run_workers(
+    sock: socket.socket, workers: int, metrics_dir: str, *, external_projections: bool
+) -> None:
     os.environ[WORKER_ENV] = "1"
+    os.environ[MULTIPROC_ENV] = metrics_dir  # the workers sum each other's counts
     child_env = dict(os.environ)
     child_env.pop("BILLING_PROJECTION_WORKER", None)
     child_env.pop(WORKER_ENV, None)
+    child_env.pop(MULTIPROC_ENV, None)
     # The workers read models kept current by the child (or by a worker run elsewhere).
     os.environ["BILLING_PROJECTION_WORKER"] = "external"
     child = None if external_projections else ProjectionChild(child_env)
@@ -158,6 +194,8 @@ def run_workers(sock: socket.socket, workers: int, *, external_projections: bool
         factory=True,
         workers=workers,
         log_level="warning",
+        log_config=None,  # each worker formats its lines with api.logs
+        access_log=False,  # one request line each, from api.http.observe
         timeout_graceful_shutdown=GRACE_SECONDS,
     )
     supervisor = _Workers(config, [sock], child)

@@ -201,4 +201,6 @@ async def record(
         )
         for (index, _), result in zip(parsed, recorded, strict=True):
             results[index] = result
-    return [r for r in results if r is not None]
+    answered = [r for r in results if r is not None]
+    request.app.state.metrics.ingested(system, [r.status for r in answered])
+    return answered

@@ -9,8 +9,10 @@ writes. `?consistency=eventual` skips the wait. Each route's guard names the rol
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from litestar import Litestar
+from litestar._openapi.utils import default_operation_id_creator
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -18,6 +20,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
+from litestar.utils.sync import AsyncCallable
 
 from api.bootstrap import Services
 from api.compat import COMPAT_ROUTES
@@ -30,8 +33,10 @@ from api.http.errors import HANDLERS
 from api.http.group_commit import GroupCommitter
 from api.http.identities import IdentityController
 from api.http.invoices import InvoiceController
+from api.http.observe import metrics_text, observe
 from api.http.operations import OperationsController, health
 from api.http.usage import UsageController
+from api.metrics import Metrics
 from billing_domain import bounds
 
 MAX_BODY_BYTES = bounds.MAX_BODY_BYTES
@@ -41,6 +46,7 @@ SWAGGER_PATH = "/schema-assets/swagger-ui"
 
 ROUTES: list[ControllerRouterHandler] = [
     health,
+    metrics_text,
     UsageController,
     CustomerController,
     PlanController,
@@ -50,6 +56,25 @@ ROUTES: list[ControllerRouterHandler] = [
     *CATALOGUE_ROUTES,
     *COMPAT_ROUTES,
 ]
+
+
+def operation_ids() -> Any:
+    """Operation ids named after the handler (`openCustomer`), so a generated client reads
+    `open_customer(...)`; a name two operations share falls back to litestar's own."""
+    taken: dict[str, tuple[str, str]] = {}
+
+    def operation_id(handler: Any, method: Any, components: list[Any]) -> str:
+        fn = handler.fn
+        while isinstance(fn, AsyncCallable):
+            fn = fn.func
+        first, *rest = str(getattr(fn, "__name__", handler.handler_name)).split("_")
+        name = first + "".join(part.title() for part in rest)
+        where = (str(method), "/".join(str(c) for c in components))
+        if taken.setdefault(name, where) != where:
+            return default_operation_id_creator(handler, method, components)
+        return name
+
+    return operation_id
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -73,6 +98,7 @@ def openapi_config() -> OpenAPIConfig:
             }
         ),
         path="/schema",
+        operation_id_creator=operation_ids(),
         render_plugins=[
             SwaggerRenderPlugin(
                 js_url=f"{SWAGGER_PATH}/swagger-ui-bundle.js",
@@ -86,7 +112,8 @@ def openapi_config() -> OpenAPIConfig:
 
 def create_app(services: Services, *, background: bool = True) -> Litestar:
     """The HTTP application over built services; `background` keeps projections current."""
-    committer = GroupCommitter(services.app)
+    metrics = Metrics(services)
+    committer = GroupCommitter(services.app, on_commit=metrics.committed)
 
     def start() -> None:
         if background:
@@ -95,7 +122,7 @@ def create_app(services: Services, *, background: bool = True) -> Litestar:
     def stop() -> None:
         committer.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *ROUTES,
             create_static_files_router(
@@ -103,7 +130,7 @@ def create_app(services: Services, *, background: bool = True) -> Litestar:
             ),
         ],
         dependencies={"caller": Provide(current_caller, sync_to_thread=False)},
-        state=State({"services": services, "committer": committer}),
+        state=State({"services": services, "committer": committer, "metrics": metrics}),
         exception_handlers=HANDLERS,
         request_class=ExactRequest,
         request_max_body_size=MAX_BODY_BYTES,
@@ -113,3 +140,5 @@ def create_app(services: Services, *, background: bool = True) -> Litestar:
         debug=False,
         plugins=[ConsolePlugin()],
     )
+    observe(app, metrics)
+    return app

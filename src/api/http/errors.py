@@ -114,7 +114,10 @@ def pydantic_items(errors: list[dict[str, Any]], prefix: str = "") -> list[dict[
     return items
 
 
-def on_validation_error(_: Request[Any, Any, Any], error: ValidationException) -> Response[Any]:
+def on_validation_error(
+    request: Request[Any, Any, Any], error: ValidationException
+) -> Response[Any]:
+    _count_refused_event(request)
     extra = error.extra if isinstance(error.extra, list) else []
     items = []
     for e in extra:
@@ -131,6 +134,14 @@ def on_validation_error(_: Request[Any, Any, Any], error: ValidationException) -
     if not items:
         items = [{"field": None, "reason": error.detail or "invalid request", "code": "invalid"}]
     return respond(422, items)
+
+
+def _count_refused_event(request: Request[Any, Any, Any]) -> None:
+    """A single usage event refused by its schema is a rejected ingest for /metrics too."""
+    if request.scope.get("path_template") == "/v1/usage" and request.method == "POST":
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.ingested("v1", ["rejected"])
 
 
 def on_http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[Any]:

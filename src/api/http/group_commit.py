@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -27,9 +28,16 @@ class _Pending:
 
 
 class GroupCommitter:
-    def __init__(self, app: BillingApplication, *, max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        app: BillingApplication,
+        *,
+        max_batch: int = 1000,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
         self.app = app
         self.max_batch = max_batch
+        self.on_commit = on_commit  # told each durable group's size (metrics)
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._stopped = False
@@ -91,5 +99,7 @@ class GroupCommitter:
             return
         self.commits += 1
         self.events += len(group)
+        if self.on_commit is not None:
+            self.on_commit(len(group))
         for pending, result in zip(group, results, strict=True):
             pending.future.set_result(result)

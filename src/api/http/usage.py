@@ -92,6 +92,7 @@ class UsageController(Controller):
         """202 accepted or duplicate (with the first receipt); 409 conflict (the first stands);
         422 names the field. Concurrent requests share one durable commit."""
         result = await request.app.state.committer.record_async(_usage_input(data), caller)
+        request.app.state.metrics.ingested("v1", [result.status])
         if result.status == "rejected":
             raise rejection(result.code, result.detail, result.field)
         received_at = result.received_at or iso(services(request).app.clock())
@@ -143,9 +144,9 @@ class UsageController(Controller):
             slots.append(len(parsed))
             parsed.append(_usage_input(item))
         results = services(request).app.record_usage(parsed, caller) if parsed else []
-        return r.BatchOut(
-            results=[_batch_item(results[x]) if isinstance(x, int) else x for x in slots]
-        )
+        items = [_batch_item(results[x]) if isinstance(x, int) else x for x in slots]
+        request.app.state.metrics.ingested("v1", [item.status for item in items])
+        return r.BatchOut(results=items)
 
     @post(
         "/customers/{customer_id:str}/usage/{event_id:str}/compensations",
