@@ -1,0 +1,137 @@
+"""`/metrics` of a real `billing serve --workers 2`: whichever worker answers the scrape, the
+counts are the service's (every worker's summed), and the log lines are JSON without a key."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.test_e2e_serve import ROOT, free_port
+
+ADMIN = secrets.token_urlsafe(24)
+NOW = (datetime.now(UTC) - timedelta(minutes=1)).replace(microsecond=0)
+METRICS_DIRS = os.path.join(tempfile.gettempdir(), "billing-metrics-*")
+
+
+def ingest_counts(base: str) -> dict[tuple[str, str], float]:
+    # A new connection each time, so the two workers take turns answering.
+    text = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
+    counts = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "billing_ingest_events":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[(sample.labels["dialect"], sample.labels["status"])] = sample.value
+    return counts
+
+
+def send(base: str, event_id: str, quantity: str = "1") -> int:
+    body = {
+        "event_id": event_id,
+        "customer_id": "acme",
+        "meter": "api_calls",
+        "quantity": quantity,
+        "occurred_at": NOW.isoformat(),
+    }
+    headers = {"Authorization": f"Bearer {ADMIN}", "Connection": "close"}
+    return httpx.post(f"{base}/v1/usage", json=body, headers=headers, timeout=30).status_code
+
+
+def start(database_url: str, log: Path) -> tuple[subprocess.Popen[Any], str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "BILLING_DATABASE_URL": database_url,
+        "BILLING_ADMIN_KEY": ADMIN,
+        "BILLING_LOG_FORMAT": "json",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        with suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return server, base
+        assert server.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "billing serve did not become healthy"
+        time.sleep(0.2)
+
+
+def stop(server: subprocess.Popen[Any]) -> None:
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    with suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_two_workers_count_as_one_service(database_url, tmp_path):
+    before = set(glob.glob(METRICS_DIRS))
+    log = tmp_path / "serve.log"
+    server, base = start(database_url, log)
+    try:
+        ours = set(glob.glob(METRICS_DIRS)) - before
+        assert len(ours) == 1  # the supervisor's directory for the workers' counts
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        with httpx.Client(base_url=base, headers=admin, timeout=30) as client:
+            assert client.post("/v1/customers", json={"customer_id": "acme", "name": "A"})
+            meter = {"meter": "api_calls", "name": "calls", "aggregation": "sum"}
+            assert client.post("/v1/meters", json=meter).status_code == 201
+        with ThreadPoolExecutor(8) as pool:
+            accepted = list(pool.map(lambda i: send(base, f"e-{i}"), range(40)))
+            duplicates = list(pool.map(lambda i: send(base, f"e-{i}"), range(10)))
+        assert set(accepted) == {202} and set(duplicates) == {202}
+        assert send(base, "e-0", "7") == 409
+        assert send(base, "e-x", "-1") == 422
+
+        expected = {
+            ("v1", "accepted"): 40,
+            ("v1", "duplicate"): 10,
+            ("v1", "conflict"): 1,
+            ("v1", "rejected"): 1,
+        }
+        for _ in range(6):  # every scrape, whichever worker answers it
+            counts = ingest_counts(base)
+            assert {k: v for k, v in counts.items() if v} == expected
+    finally:
+        stop(server)
+    assert not ours & set(glob.glob(METRICS_DIRS))  # removed at stop
+
+    output = log.read_text()
+    assert ADMIN not in output
+    logged = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    ingests = [
+        line for line in logged if line.get("event") == "request" and line["route"] == "/v1/usage"
+    ]
+    assert len(ingests) == 52
+    assert all(line["key_id"] == "bootstrap" and line["request_id"] for line in ingests)
+    by_worker = Counter(line["pid"] for line in ingests)
+    assert len(by_worker) == 2, by_worker  # both workers answered, and /metrics summed them
