@@ -31,6 +31,7 @@ from projections.audit import AuditProjection
 from projections.base import Projection
 from projections.errors import NotQuarantined, SchemaMismatch, StillQuarantined
 from projections.ledger import InvoicesProjection
+from projections.series import SeriesProjection
 from projections.store import Cursor, ViewStore
 
 REGISTRY: dict[str, dict[int, type[Projection]]] = {}
@@ -51,6 +52,7 @@ def register(cls: type[Projection]) -> type[Projection]:
 register(InvoicesProjection)
 register(AuditProjection)
 register(ActivityProjection)
+register(SeriesProjection)
 
 
 class PositionMoved(Exception):

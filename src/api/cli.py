@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "api.commands_projections",
     "api.commands_proof",
     "api.commands_catalogue",
+    "api.commands_usage",
 )
 
 

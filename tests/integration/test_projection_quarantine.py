@@ -108,6 +108,7 @@ def test_health_and_reconciliation_name_it_and_a_retry_after_the_fix_clears_it(
             ("activity", 0),
             ("audit", 0),
             ("invoices", 1),
+            ("series", 0),
         }
         held = client.get("/v1/projections/invoices/quarantine", headers=ADMIN).json()["items"]
         assert [h["notification_id"] for h in held] == [poison]
@@ -215,6 +216,7 @@ def test_a_healthy_service_says_ok(services: Services) -> None:
         ("activity", 0, 0),
         ("audit", 0, 0),
         ("invoices", 0, 0),
+        ("series", 0, 0),
     }
 
 

@@ -35,6 +35,7 @@ from api.http.identities import IdentityController
 from api.http.invoices import InvoiceController
 from api.http.observe import metrics_text, observe
 from api.http.operations import OperationsController, health
+from api.http.series import SeriesController
 from api.http.usage import UsageController
 from api.metrics import Metrics
 from billing_domain import bounds
@@ -48,6 +49,7 @@ ROUTES: list[ControllerRouterHandler] = [
     health,
     metrics_text,
     UsageController,
+    SeriesController,
     CustomerController,
     PlanController,
     InvoiceController,
