@@ -53,7 +53,7 @@ def send(base: str, event_id: str, quantity: str = "1") -> int:
     return httpx.post(f"{base}/v1/usage", json=body, headers=headers, timeout=30).status_code
 
 
-def start(database_url: str, log: Path) -> tuple[subprocess.Popen[Any], str]:
+def start(database_url: str, log: Path, workers: int = 2) -> tuple[subprocess.Popen[Any], str]:
     port = free_port()
     env = {
         **os.environ,
@@ -63,7 +63,7 @@ def start(database_url: str, log: Path) -> tuple[subprocess.Popen[Any], str]:
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     server = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", "2"],
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", str(workers)],
         cwd=ROOT,
         env=env,
         stdout=log.open("w"),

@@ -190,6 +190,50 @@ class CustomerPatch(BaseModel):
     _name = field_validator("name")(_optional(b.check_text))
 
 
+_DECIMAL = {"type": "string", "description": "decimal string (a JSON number is accepted too)"}
+# A charge as the OpenAPI document states it, so a generated client has a typed charge; the
+# body is validated by the domain (billing_domain.pricing), which names the refused field.
+CHARGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "ChargeIn",
+    "additionalProperties": False,
+    "required": ["meter", "model"],
+    "properties": {
+        "meter": {"type": "string", "maxLength": b.MAX_ID_LENGTH},
+        "aggregation": {
+            "type": "string",
+            "enum": ["sum", "count", "max", "unique_count", "latest"],
+            "description": "the meter's, when left out",
+        },
+        "field": {"type": "string", "description": "the property unique_count counts"},
+        "model": {"type": "string", "enum": ["per_unit", "graduated", "volume", "package"]},
+        "unit_amount": {**_DECIMAL, "description": "per_unit: the price of one unit"},
+        "tiers": {
+            "type": "array",
+            "maxItems": b.MAX_PLAN_TIERS,
+            "description": "graduated and volume",
+            "items": {
+                "type": "object",
+                "title": "TierIn",
+                "additionalProperties": False,
+                "required": ["unit_amount"],
+                "properties": {
+                    "up_to": {
+                        "anyOf": [{"type": "integer"}, {"type": "null"}],
+                        "description": "the tier's last unit; null for the last tier",
+                    },
+                    "unit_amount": _DECIMAL,
+                    "flat_amount": _DECIMAL,
+                },
+            },
+        },
+        "package_size": {"type": "integer", "minimum": 1},
+        "package_amount": _DECIMAL,
+        "included_quantity": {**_DECIMAL, "description": "free units before pricing"},
+    },
+}
+
+
 class PlanIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -231,6 +275,7 @@ class PlanIn(BaseModel):
             "(unit_amount) | graduated | volume (tiers: [{up_to, unit_amount, flat_amount?}]) | "
             "package (package_size, package_amount), included_quantity?}"
         ),
+        json_schema_extra={"items": CHARGE_SCHEMA},
     )
 
     _plan_id = field_validator("plan_id")(_held(b.check_id))
