@@ -427,6 +427,46 @@ def test_as_of_before_a_late_event_shows_the_old_total(served, person):
     finance.forgive(422)
 
 
+def _chart(page: Any) -> dict[str, Decimal]:
+    """What Chart.js drew on the daily usage canvas: per meter, the sum of its points (and the
+    canvas was given a size, so it rendered)."""
+    page.wait_for_selector("#daily-chart")
+    drawn = page.evaluate(
+        """() => {
+          const canvas = document.getElementById("daily-chart");
+          const chart = Chart.getChart(canvas);
+          return { width: canvas.width, height: canvas.height, labels: chart.data.labels,
+                   sets: chart.data.datasets.map(d => [d.label, d.data]) };
+        }"""
+    )
+    assert drawn["width"] > 0 and drawn["height"] > 0 and len(drawn["labels"]) >= 28
+    return {
+        label: sum((Decimal(str(v)) for v in data), Decimal(0)) for label, data in drawn["sets"]
+    }
+
+
+def test_daily_usage_charts_from_the_series_read_model(served, person):
+    finance = person()
+    page = finance.page
+    finance.sign_in(served.keys["finance"])
+    page.wait_for_selector("#overview")
+    overview = _chart(page)
+    # this period, every customer together: acme's 750.5 calls and globex's 7; 12 GB at most
+    assert overview == {"api_calls": Decimal("757.5"), "storage_gb": Decimal("12")}
+    finance.shot("overview-daily-chart")
+    page.goto("/customers/acme")
+    assert _chart(page) == {"api_calls": Decimal("750.5"), "storage_gb": Decimal("12")}
+    finance.shot("customer-daily-chart")
+    # last period: 300 calls, then the late 500 (carried forward, charted on its own day)
+    page.goto(f"/customers/acme?period={served.period_last}")
+    assert _chart(page) == {"api_calls": Decimal("800")}
+    page.goto(f"/customers/acme?period={served.period_last}&as_of={served.before_late}")
+    assert _chart(page) == {"api_calls": Decimal("300")}
+    page.goto(f"/customers/globex?period={served.period_last}")
+    assert page.locator("#daily-chart").count() == 0
+    assert "No usage recorded" in page.inner_text("#daily-usage")
+
+
 def test_an_operator_rebuilds_a_projection_and_sees_it_switch(served, person):
     operator = person()
     page = operator.page

@@ -114,6 +114,7 @@ def overview(request: Request[Any, Any, Any]) -> Template:
         descending=descending,
         search=search or "",
         chart={"labels": list(totals), "values": list(totals.values())},
+        daily=queries.daily_usage(page.services, period, page.as_of),
     )
     if is_htmx(request) and request.headers.get("hx-target") == "overview-table":
         return page.render("_overview_table.html")
@@ -186,6 +187,7 @@ def customer(request: Request[Any, Any, Any], customer_id: str) -> Template:
             "labels": [i["meter"] for i in usage["items"]],
             "values": [i["quantity"] for i in usage["items"]],
         },
+        daily=queries.daily_usage(page.services, period, page.as_of, customer_id),
     )
     return page.render("customer.html")
 

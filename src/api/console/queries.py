@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from api.bootstrap import Services
 from billing_domain.ids import plan_uuid
+from billing_domain.usage import period_bounds
+from projections.series_reads import SeriesReads
 from projections.store import Cursor
 
 NAMED_ACTIONS = ("customer.opened", "customer.renamed")
@@ -358,3 +361,20 @@ def audit_actions(services: Services) -> list[str]:
     with services.read_models.store.read() as cur:
         rows = cur.all(f"SELECT DISTINCT action FROM {entries}")
     return sorted(r["action"] for r in rows)
+
+
+def daily_usage(
+    services: Services, period: str, as_of: datetime | None, customer_id: str | None = None
+) -> dict[str, Any]:
+    """A chart of the period's usage per UTC day and meter (of one customer, or of every
+    customer together), from the series read model: day labels and a dataset per meter."""
+    start, end = period_bounds(period)
+    charts = SeriesReads(services.read_models).daily(start, end, as_of, customer_id)
+    days = [p["day"] for p in next(iter(charts.values()), [])]
+    return {
+        "labels": days,
+        "datasets": [
+            {"label": meter, "values": [p["value"] for p in points]}
+            for meter, points in charts.items()
+        ],
+    }
