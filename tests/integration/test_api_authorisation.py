@@ -58,6 +58,13 @@ TABLE = [
         "/v1/customers/acme/usage?period=2026-10",
         None,
     ),
+    (
+        "GET",
+        "/v1/customers/{customer_id}/usage/series",
+        READ,
+        "/v1/customers/acme/usage/series?meter=api_calls",
+        None,
+    ),
     ("POST", "/v1/customers", ADMIN_ONLY, "/v1/customers", {"customer_id": "m-c", "name": "M"}),
     ("GET", "/v1/customers/{customer_id}", READ, "/v1/customers/acme", None),
     (
