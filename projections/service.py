@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from billing_domain.application import BillingApplication
+from projections import health as checks
 from projections import quarantine
 from projections.audit import AuditProjection
 from projections.base import stamp
@@ -65,6 +67,8 @@ class ProjectionService:
         self._probes_lock = threading.Lock()
         self._warned: set[str] = set()
         self.auto_rebuild = True
+        self.heartbeat = checks.Heartbeat(store)
+        self.stale = checks.stale_seconds()
 
     # Positions --------------------------------------------------------------------------
 
@@ -270,21 +274,14 @@ class ProjectionService:
             rows = self._within(timeout, self.status)
         except STORE_ERRORS as error:
             return down_answer("view store", error, position=head)
-        reasons = []
-        for row in rows:
-            if row["state"] == "retired":
-                continue
-            if row["quarantined"]:
-                reasons.append(
-                    f"{row['key']} has {row['quarantined']} quarantined notification(s): "
-                    f"GET /v1/projections/{row['name']}/quarantine"
+        reasons = checks.projection_reasons(rows, self.max_lag, self._rebuild_note)
+        if self.external_worker:  # the worker is another process: its heartbeat row says
+            try:
+                reasons += self._within(
+                    timeout, lambda: checks.worker_reasons(self.store, self.stale)
                 )
-            if row["state"] == "live" and row["problem"]:
-                reasons.append(row["problem"] + self._rebuild_note(row["name"]))
-            elif row["state"] == "live" and row["lag"] > self.max_lag:
-                reasons.append(
-                    f"{row['key']} lags {row['lag']} notifications (more than {self.max_lag})"
-                )
+            except STORE_ERRORS as error:
+                return down_answer("view store", error, position=head)
         if self.last_error:
             reasons.append(f"projection runner failed: {self.last_error}")
         if self._thread is not None and not self._thread.is_alive():
@@ -435,6 +432,8 @@ class ProjectionService:
                 self.last_error = f"{type(error).__name__}: {error}"
                 log.exception("projection catch-up failed; retrying")
                 self._stop.wait(1.0)
+            with contextlib.suppress(*STORE_ERRORS):
+                self.heartbeat.beat(self.last_error)
             self._wake.wait(poll)
             self._wake.clear()
 
@@ -487,6 +486,8 @@ class ProjectionService:
 
     def close(self) -> None:
         self.stop_background()
+        with contextlib.suppress(*STORE_ERRORS):
+            self.heartbeat.stop()
         self.store.close()
 
 
