@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 from projections import quarantine
 from projections.errors import UnknownProjection
 from projections.runner import REGISTRY, TRACKING, Runner, Version, insert_version
+
+log = logging.getLogger(__name__)
 
 
 def base_name(name: str) -> str:
@@ -97,7 +100,13 @@ class Rebuilds:
                 f"UPDATE {TRACKING} SET state = 'live' WHERE name = ? AND version = ?",
                 [version.name, version.version],
             )
-        return self.runner.live(version.name)
+        live = self.runner.live(version.name)
+        # Receivers of projection.rebuilt learn of it from the log; the switch stands either way.
+        try:
+            self.runner.app.note_projection_rebuilt(live.name, live.version, live.position)
+        except Exception as error:
+            log.warning("the switch of %s was not recorded in the log: %s", live.key, error)
+        return live
 
     def _set_state(self, version: Version, state: str, only_from: str) -> None:
         with self.runner.store.write() as cur:

@@ -33,6 +33,7 @@ from projections.errors import NotQuarantined, SchemaMismatch, StillQuarantined
 from projections.ledger import InvoicesProjection
 from projections.series import SeriesProjection
 from projections.store import Cursor, ViewStore
+from projections.webhooks import WebhooksProjection
 
 REGISTRY: dict[str, dict[int, type[Projection]]] = {}
 TRACKING = "projection_versions"
@@ -52,6 +53,7 @@ def register(cls: type[Projection]) -> type[Projection]:
 register(InvoicesProjection)
 register(AuditProjection)
 register(ActivityProjection)
+register(WebhooksProjection)
 register(SeriesProjection)
 
 

@@ -59,6 +59,7 @@ def run(once: bool) -> None:
             console.print(f"caught up to position {models.catch_up()}")
             return
         signal.signal(signal.SIGTERM, lambda *_: models.stop_background())
+        services.start_deliveries()
         console.print("projection worker following the log; Ctrl-C to stop")
         with contextlib.suppress(KeyboardInterrupt):
             models.run_forever()

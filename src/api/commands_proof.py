@@ -91,6 +91,7 @@ def reconcile(period: str, customer_id: str | None, as_json: bool) -> None:
     with _services() as services, _log_progress("reading the log", as_json) as progress:
         try:
             report = run(services, period, customer_id, progress=progress)
+            services.app.note_reconciliation(report, period, customer_id)
         except BillingError as error:
             raise click.ClickException(error.reason) from None
     if as_json:

@@ -1,7 +1,8 @@
 """The billing application: every command the interfaces call, as business verbs.
 
 One event store serves every use case; each use case's commands are in a module of its own
-(`ingest`, `corrections`, `catalogue`, `meters`, `listing`, `closing`, `access`), combined here.
+(`ingest`, `corrections`, `catalogue`, `meters`, `listing`, `closing`, `access`,
+`webhooks`), combined here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from billing_domain.listing import ListingCommands
 from billing_domain.meters import MeterCommands
 from billing_domain.period import BillingPeriod
 from billing_domain.stream_sessions import StreamSessionCommands
+from billing_domain.webhooks import WebhookCommands
 
 __all__ = ["BillingApplication", "check_identifier", "check_period", "period_start"]
 
@@ -30,6 +32,7 @@ class BillingApplication(
     PeriodCommands,
     ExternalIdCommands,
     StreamSessionCommands,
+    WebhookCommands,
     AccessCommands,
 ):
     name = "billing"

@@ -32,6 +32,7 @@ PLAN = {
     "charges": [{"meter": "api_calls", "model": "per_unit", "unit_amount": "1"}],
 }
 METER = {"meter": "m-meter", "name": "M", "aggregation": "sum"}
+WEBHOOK = {"url": "http://127.0.0.1:9/hooks", "events": ["invoice.issued"]}
 
 # (method, route, roles allowed, a request path, its body)
 TABLE = [
@@ -187,6 +188,24 @@ TABLE = [
         "/v1/emitters/m-e/offboard",
         {"reason": "retired"},
     ),
+    ("POST", "/v1/webhooks", ADMIN_ONLY, "/v1/webhooks", WEBHOOK),
+    ("GET", "/v1/webhooks", OPERATE, "/v1/webhooks", None),
+    ("GET", "/v1/webhooks/{webhook_id}", OPERATE, "/v1/webhooks/{webhook}", None),
+    (
+        "GET",
+        "/v1/webhooks/{webhook_id}/deliveries",
+        OPERATE,
+        "/v1/webhooks/{webhook}/deliveries",
+        None,
+    ),
+    (
+        "POST",
+        "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
+        OPERATE,
+        "/v1/webhooks/{webhook}/deliveries/msg_none/retry",
+        None,
+    ),
+    ("DELETE", "/v1/webhooks/{webhook_id}", ADMIN_ONLY, "/v1/webhooks/{webhook}", None),
 ]
 ROLES = ["admin", "operator", "finance", "emitter"]
 
@@ -218,6 +237,9 @@ def world(settings: Any, clock: Any, monkeypatch: pytest.MonkeyPatch) -> Iterato
         ).json()["key_id"]
         names = {"invoice": invoice["invoice_id"], "spare_key": spare_key}
         names["spare_grant"] = spare_grant
+        names["webhook"] = client.post("/v1/webhooks", json=WEBHOOK, headers=ADMIN).json()[
+            "webhook_id"
+        ]
         yield client, keys, names
 
 

@@ -109,6 +109,7 @@ def test_health_and_reconciliation_name_it_and_a_retry_after_the_fix_clears_it(
             ("audit", 0),
             ("invoices", 1),
             ("series", 0),
+            ("webhooks", 0),
         }
         held = client.get("/v1/projections/invoices/quarantine", headers=ADMIN).json()["items"]
         assert [h["notification_id"] for h in held] == [poison]
@@ -217,6 +218,7 @@ def test_a_healthy_service_says_ok(services: Services) -> None:
         ("audit", 0, 0),
         ("invoices", 0, 0),
         ("series", 0, 0),
+        ("webhooks", 0, 0),
     }
 
 

@@ -37,6 +37,7 @@ from api.http.observe import metrics_text, observe
 from api.http.operations import OperationsController, health
 from api.http.series import SeriesController
 from api.http.usage import UsageController
+from api.http.webhooks import WEBHOOK_ROUTES
 from api.metrics import Metrics
 from billing_domain import bounds
 
@@ -57,6 +58,7 @@ ROUTES: list[ControllerRouterHandler] = [
     IdentityController,
     *CATALOGUE_ROUTES,
     *COMPAT_ROUTES,
+    *WEBHOOK_ROUTES,
 ]
 
 

@@ -74,9 +74,9 @@ class OperationsController(Controller):
         projection_behind, unexplained), and `meters` compares each customer's meters across
         the raw events, the replay, the read models and the issued invoice."""
         check_period(period)
-        return r.ReconciliationOut.of(
-            reconcile(services(request), period=period, customer_id=customer_id)
-        )
+        report = reconcile(services(request), period=period, customer_id=customer_id)
+        services(request).app.note_reconciliation(report, period, customer_id, caller)
+        return r.ReconciliationOut.of(report)
 
     @get(
         "/projections",
