@@ -8,8 +8,8 @@ Two kinds of figure:
   creates the directory and removes it at stop) and a scrape of any worker sums every
   worker's files, those of restarted workers included, so the figures are the service's.
 - read from the stores at scrape time: projection positions, lags and quarantined counts,
-  the log's head, the findings of the last kept reconciliation run, the webhook outbox. They
-  are the same whichever worker answers.
+  the log's head, the findings of the last kept reconciliation run, the webhook outbox's
+  deliveries by status and failing endpoints. They are the same whichever worker answers.
 
 Labels are bounded: route templates (never raw paths), the methods litestar serves, statuses,
 four ingest statuses, four dialects, projection names and versions, finding causes. No
@@ -18,8 +18,8 @@ customer, key or event id is ever a label.
 
 from __future__ import annotations
 
-import importlib
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
@@ -184,16 +184,34 @@ def _epoch(stamped: str) -> float:
     return datetime.fromisoformat(stamped.replace("Z", "+00:00")).timestamp()
 
 
-# The webhook outbox adds its own figures here when it exists: a module
-# `projections.webhooks` defining `metrics(services) -> Iterable[Metric]` (backlog, failures)
-# is picked up without a change to this file.
-WEBHOOKS_MODULE = "projections.webhooks"
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
 
 
 def webhook_metrics(services: Any) -> Iterable[Metric]:
+    """The webhook outbox's figures, when the services have one (`services.webhooks` with a
+    `backlog()` of counts: pending, delivered and failed deliveries, failing endpoints, the
+    oldest pending delivery's time)."""
+    reads = getattr(services, "webhooks", None)
+    backlog: Callable[[], dict[str, Any]] | None = getattr(reads, "backlog", None)
+    if backlog is None:
+        return []
+    counts = backlog()
+    deliveries = _gauge(
+        "billing_webhook_deliveries", "Webhook deliveries in the outbox by status", ["status"]
+    )
+    for status in DELIVERY_STATUSES:
+        deliveries.add_metric([status], float(counts.get(status) or 0))
+    failing = _gauge("billing_webhook_failing_endpoints", "Webhook endpoints marked failing", [])
+    failing.add_metric([], float(counts.get("failing_endpoints") or 0))
+    age = _gauge(
+        "billing_webhook_oldest_pending_age_seconds",
+        "How long the oldest pending webhook delivery has waited (0 when none)",
+        [],
+    )
+    oldest = counts.get("oldest_pending_at")
     try:
-        module = importlib.import_module(WEBHOOKS_MODULE)
-    except ImportError:
-        return ()
-    figures: Callable[[Any], Iterable[Metric]] | None = getattr(module, "metrics", None)
-    return () if figures is None else figures(services)
+        waited = max(time.time() - _epoch(str(oldest)), 0.0) if oldest else 0.0
+    except ValueError:  # a time this code cannot read: say nothing rather than fail
+        waited = 0.0
+    age.add_metric([], waited)
+    return [deliveries, failing, age]

@@ -227,3 +227,23 @@ def test_text_format_for_a_terminal(api):
     assert "billing.request: GET /health 200" in line and "latency_ms=" in line
     with pytest.raises(json.JSONDecodeError):
         json.loads(line)
+
+
+def test_the_webhook_outbox_is_counted(api):
+    client, services = api
+    if getattr(services, "webhooks", None) is None:
+        pytest.skip("this build has no webhook outbox")
+    setup_acme(client)
+    hook = {"url": "http://127.0.0.1:9/hooks", "events": ["invoice.issued"]}
+    assert client.post("/v1/webhooks", json=hook, headers=ADMIN).status_code == 201
+    assert client.post("/v1/usage", json=event("req-1", 10), headers=ADMIN).status_code == 202
+    closed = client.post("/v1/customers/acme/periods/2026-10/close", headers=ADMIN)
+    assert closed.status_code == 200
+    services.read_models.catch_up()
+    backlog = services.webhooks.backlog()
+    assert backlog["pending"] == 1  # nobody delivers in this test: the receiver is not there
+    samples = scrape(client)
+    deliveries = {dict(k)["status"]: v for k, v in samples["billing_webhook_deliveries"].items()}
+    assert deliveries == {"pending": 1, "delivered": 0, "failed": 0}
+    assert samples["billing_webhook_failing_endpoints"][()] == 0
+    assert samples["billing_webhook_oldest_pending_age_seconds"][()] >= 0
