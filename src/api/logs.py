@@ -102,11 +102,22 @@ class QueuedHandler(logging.Handler):
             self.dropped += 1
 
     def _write(self) -> None:
+        # Straight to the file descriptor when there is one: a blocked write (a pipe nobody
+        # reads) then holds no lock of sys.stderr, so the process can still print and exit.
+        try:
+            fd: int | None = self.stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            fd = None
         while True:
             line = self._lines.get()
             try:
-                self.stream.write(line + "\n")
-                self.stream.flush()
+                if fd is None:
+                    self.stream.write(line + "\n")
+                    self.stream.flush()
+                else:
+                    data = (line + "\n").encode("utf-8", "replace")
+                    while data:
+                        data = data[os.write(fd, data) :]
             except (OSError, ValueError):
                 pass  # a closed stream: nothing to tell it
             finally:
