@@ -8,6 +8,8 @@ recorded here as audit facts, so the outbox sees them in the log like everything
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import secrets
 from datetime import datetime
@@ -16,6 +18,7 @@ from urllib.parse import urlsplit
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
+from eventsourcing.persistence import IntegrityError
 
 from billing_domain.core import ApplicationCore
 from billing_domain.errors import InvalidInput, NotFound
@@ -245,23 +248,38 @@ class WebhookCommands(ApplicationCore):
         customer_id: str | None,
         principal: Principal = SYSTEM,
     ) -> bool:
-        """Record a reconciliation run that found mismatches (a clean run records nothing);
-        return whether a fact was recorded."""
-        findings = list(report.get("findings") or [])
+        """Record a reconciliation run that found mismatches (a clean run records nothing, the
+        same findings again the same UTC day neither); return whether a fact was recorded."""
+        findings = _plain(list(report.get("findings") or []))
         if not findings:
             return False
-        self._note(
-            principal,
-            "reconciliation.findings",
-            f"reconciliation of {period} found {len(findings)} mismatch(es)",
-            {
+        now = self.clock()
+        # The same findings of the same scope are told once a UTC day, however often the
+        # reconciliation is read: the fact's id says so, and the store refuses it twice.
+        digest = hashlib.sha256(json.dumps(findings, sort_keys=True).encode()).hexdigest()
+        fact_id = uuid5(
+            NAMESPACE, f"reconciliation:{period}:{customer_id}:{now.date().isoformat()}:{digest}"
+        )
+        fact = AuditFact._create(
+            AuditFact.Recorded,
+            id=fact_id,
+            action="reconciliation.findings",
+            emitter=principal.emitter,
+            key_id=principal.key_id,
+            reason=f"reconciliation of {period} found {len(findings)} mismatch(es)",
+            detail={
                 "period": period,
                 "customer_id": customer_id,
                 "count": len(findings),
                 "summary": _plain(report.get("summary") or {}),
-                "findings": _plain(findings[:MAX_FINDINGS_SENT]),
+                "findings": findings[:MAX_FINDINGS_SENT],
             },
+            at=now,
         )
+        try:
+            self.save(fact)
+        except IntegrityError:
+            return False
         return True
 
     def note_projection_rebuilt(self, name: str, version: int, position: int) -> None:

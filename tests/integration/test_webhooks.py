@@ -269,15 +269,16 @@ def test_late_usage_restatement_reconciliation_and_rebuild_are_told(settings, cl
         version = models.rebuilds.begin("audit")
         models.rebuilds.build(version)
         models.rebuilds.switch(version)
-        services.app.note_reconciliation(
-            {"findings": [{"check": "index", "cause": "tampering"}], "summary": {"tampering": 1}},
-            "2026-10",
-            None,
-        )
+        report = {
+            "findings": [{"check": "index", "cause": "tampering"}],
+            "summary": {"tampering": 1},
+        }
+        assert services.app.note_reconciliation(report, "2026-10", None)
+        assert not services.app.note_reconciliation(report, "2026-10", None)  # told once a day
         deliver(services, rounds=2)
         types = [m["type"] for m in receiver.messages()]
         assert types[:2] == ["invoice.issued", "usage.late"]
-        assert set(types) == set(every)
+        assert set(types) == set(every) and len(types) == len(every)
         by_type = {m["type"]: m["data"] for m in receiver.messages()}
         assert by_type["usage.late"]["records"][0]["event_id"] == "late-1"
         assert by_type["usage.late"]["customer_id"] == "acme"
