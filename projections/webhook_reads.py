@@ -123,23 +123,25 @@ class WebhookReads:
         return delivery(row)
 
     def backlog(self) -> dict[str, Any]:
-        """Counts for monitoring: deliveries pending and failed, endpoints failing, the oldest
-        pending delivery's time."""
+        """Counts for monitoring, read through the status index (never the delivered rows):
+        deliveries pending for active endpoints, deliveries failed, endpoints failing, and the
+        oldest pending delivery's time."""
+        table = self._endpoints_table()
+        active = f"endpoint_id IN (SELECT endpoint_id FROM {table} WHERE disabled_position IS NULL)"
         with self.store.read() as cur:
-            counts = {
-                r["status"]: int(r["n"])
-                for r in cur.all(f"SELECT status, COUNT(*) AS n FROM {DELIVERIES} GROUP BY status")
-            }
-            failing = cur.one(f"SELECT COUNT(*) AS n FROM {HEALTH} WHERE failing_since IS NOT NULL")
-            oldest = cur.one(
-                f"SELECT MIN(created_at) AS at FROM {DELIVERIES} WHERE status = 'pending'"
+            pending = cur.one(
+                f"SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM {DELIVERIES} "
+                f"WHERE status = 'pending' AND {active}"
+            )
+            failed = cur.one(f"SELECT COUNT(*) AS n FROM {DELIVERIES} WHERE status = 'failed'")
+            failing = cur.one(
+                f"SELECT COUNT(*) AS n FROM {HEALTH} WHERE failing_since IS NOT NULL AND {active}"
             )
         return {
-            "pending": counts.get("pending", 0),
-            "delivered": counts.get("delivered", 0),
-            "failed": counts.get("failed", 0),
+            "pending": int((pending or {}).get("n") or 0),
+            "failed": int((failed or {}).get("n") or 0),
             "failing_endpoints": int((failing or {}).get("n") or 0),
-            "oldest_pending_at": (oldest or {}).get("at"),
+            "oldest_pending_at": (pending or {}).get("oldest"),
         }
 
 

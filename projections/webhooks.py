@@ -68,6 +68,9 @@ def create_delivery_tables(cur: Cursor) -> None:
     )
     cur.execute(f"CREATE INDEX IF NOT EXISTS {DELIVERIES}_seq ON {DELIVERIES} (endpoint_id, seq)")
     cur.execute(
+        f"CREATE INDEX IF NOT EXISTS {DELIVERIES}_status ON {DELIVERIES} (status, created_at)"
+    )
+    cur.execute(
         f"CREATE TABLE IF NOT EXISTS {HEALTH} (endpoint_id TEXT PRIMARY KEY, "
         "consecutive_failures INTEGER NOT NULL, failing_since TEXT, last_success_at TEXT, "
         "last_failure_at TEXT)"

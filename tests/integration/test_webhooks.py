@@ -186,6 +186,9 @@ def test_a_receiver_down_then_up_gets_everything_in_order(settings, clock):
         assert "ConnectionRefused" in (head["last_error"] or "")
         assert head["last_status_code"] is None and head["next_attempt_at"] is not None
         assert all(r["attempts"] == 0 for r in rest)  # the head blocks its own queue
+        backlog = services.webhooks.backlog()
+        assert (backlog["pending"], backlog["failed"]) == (4, 0)
+        assert backlog["oldest_pending_at"] == head["created_at"]
         receiver = Receiver(port).start()
         try:
             deadline = time.monotonic() + 20
@@ -229,6 +232,8 @@ def test_a_failing_receiver_is_retried_with_backoff_marked_failing_then_given_up
         head = log["items"][0]
         assert head["status"] == "failed" and head["last_status_code"] == 500
         assert head["last_error"] == "HTTP 500" and head["attempts"] == len(first)
+        backlog = services.webhooks.backlog()
+        assert (backlog["failed"], backlog["failing_endpoints"]) == (1, 1)
         # The queue moves on; the receiver recovers; a replay sends the failed one again.
         receiver.status = 200
         deadline = time.monotonic() + 10
@@ -239,6 +244,7 @@ def test_a_failing_receiver_is_retried_with_backoff_marked_failing_then_given_up
         assert [m["data"]["event_id"] for m in receiver.messages()] == ["c-1"]
         healthy = client.get(f"/v1/webhooks/{created['webhook_id']}", headers=ADMIN).json()
         assert healthy["status"] == "active"
+        assert services.webhooks.backlog()["failing_endpoints"] == 0
         retried = client.post(
             f"/v1/webhooks/{created['webhook_id']}/deliveries/{head['delivery_id']}/retry",
             headers=ADMIN,
