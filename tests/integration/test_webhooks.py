@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from api.bootstrap import Services
+from api.bootstrap import Services, build
+from billing_domain.settings import SettingsError
 from projections.webhook_delivery import DeliverySettings
 from tests.api_support import ADMIN, event, http, setup_acme
 from tests.webhook_receiver import Receiver, free_port
@@ -293,3 +294,33 @@ def test_late_usage_restatement_reconciliation_and_rebuild_are_told(settings, cl
         assert by_type["projection.rebuilt"]["name"] == "audit"
         assert by_type["reconciliation.finding"]["summary"] == {"tampering": 1}
         assert by_type["reconciliation.finding"]["count"] == 1
+
+
+def test_the_master_key_outlives_a_restart_and_a_changed_one_is_named(
+    settings, clock, receiver, monkeypatch, tmp_path
+):
+    with http(settings, clock) as (client, services):
+        created = register(client, receiver.url, ["usage.conflict"])
+        secret = services.app.webhook_secret(created["webhook_id"])
+    assert secret == created["secret"]
+    if not settings.is_postgres:
+        key_file = tmp_path / "billing.secret"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+    with http(settings, clock) as (client, services):  # a restart: the same derived secret
+        assert services.app.webhook_secret(created["webhook_id"]) == secret
+    monkeypatch.setenv("BILLING_SECRET_KEY", "k" * 31)
+    with pytest.raises(SettingsError, match="BILLING_SECRET_KEY"):
+        build(settings, clock=clock)
+    monkeypatch.setenv("BILLING_SECRET_KEY", "another master key, long enough: " + "k" * 8)
+    with http(settings, clock) as (client, services):
+        setup_acme(client)
+        conflict(client, "c-0")
+        deliver(services)
+        assert receiver.received == []
+        log = client.get(f"/v1/webhooks/{created['webhook_id']}/deliveries", headers=ADMIN)
+        assert "BILLING_SECRET_KEY changed" in log.json()["items"][0]["last_error"]
+        fresh = register(client, receiver.url, ["usage.conflict"])
+        conflict(client, "c-1")
+        deliver(services)
+        [received] = receiver.received
+        assert verified(fresh["secret"], received)["data"]["event_id"] == "c-1"
