@@ -19,6 +19,8 @@ from api.bootstrap import Services, build
 from billing_domain.settings import SettingsError
 from projections.webhook_delivery import DeliverySettings
 from tests.api_support import ADMIN, event, http, setup_acme
+from tests.defects import alter_usage_quantity
+from tests.integration.test_console_roles import _token
 from tests.webhook_receiver import Receiver, free_port
 
 FAST = DeliverySettings(
@@ -324,3 +326,41 @@ def test_the_master_key_outlives_a_restart_and_a_changed_one_is_named(
         deliver(services)
         [received] = receiver.received
         assert verified(fresh["secret"], received)["data"]["event_id"] == "c-1"
+
+
+def test_a_tampered_record_found_by_reconciliation_is_told_once_from_the_api_or_console(
+    settings, clock, receiver
+):
+    with http(settings, clock) as (client, services):
+        created = register(client, receiver.url, ["reconciliation.finding"])
+        close_october(client)
+        clean = client.get("/v1/reconciliation?period=2026-10", headers=ADMIN).json()
+        assert clean["ok"] is True
+        alter_usage_quantity(settings, "e-1", "1250")
+        for _ in range(2):
+            report = client.get("/v1/reconciliation?period=2026-10", headers=ADMIN).json()
+            assert report["ok"] is False
+        deliver(services)
+        [message] = receiver.messages()
+        assert message["type"] == "reconciliation.finding"
+        assert message["data"]["period"] == "2026-10" and message["data"]["count"] >= 1
+        assert message["data"]["summary"]["tampering"] >= 1
+        assert message["data"]["actor"] == "bootstrap-admin/bootstrap"
+        # The console's run of another scope (the customer) is told as well.
+        operator = client.post(
+            "/v1/keys", json={"role": "operator", "name": "ops"}, headers=ADMIN
+        ).json()["key"]
+        client.cookies.clear()
+        form = client.get("/login")
+        signed = client.post("/login", data={"key": operator, "csrf_token": _token(form.text)})
+        csrf = _token(signed.text)
+        ran = client.post(
+            "/reconciliation",
+            data={"period": "2026-10", "customer_id": "acme", "csrf_token": csrf},
+            follow_redirects=False,
+        )
+        assert ran.status_code == 303
+        deliver(services)
+        told = receiver.messages()
+        assert len(told) == 2 and told[1]["data"]["customer_id"] == "acme"
+        assert client.get(f"/v1/webhooks/{created['webhook_id']}", headers=ADMIN).status_code == 200

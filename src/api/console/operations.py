@@ -15,6 +15,7 @@ from api.console.view import Page, check_role, is_htmx, open_page, path, whole, 
 from billing_domain import bounds
 from billing_domain.application import check_period
 from billing_domain.errors import InvalidInput, NotFound
+from billing_domain.identity import Principal
 from billing_domain.usage import period_of
 from projections.base import stamp
 from projections.rebuild import base_name
@@ -71,6 +72,8 @@ async def run_reconciliation(request: Request[Any, Any, Any]) -> Redirect:
 
     def run() -> int:
         report = reconcile(page.services, period=period, customer_id=customer_id)
+        caller = Principal(page.session.holder, page.session.key_id, page.session.role)
+        page.services.app.note_reconciliation(report, period, customer_id, caller)
         return runs.keep(page.services, actor, report)
 
     run_id = await anyio.to_thread.run_sync(run)
