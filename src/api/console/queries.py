@@ -63,6 +63,29 @@ def _latest_detail(
     return None if row is None else str(row["v"])
 
 
+def _names_of(cur: Cursor, entries: str, customer_ids: list[str]) -> dict[str, str]:
+    """The latest name of each of these customers (a page of them) from the audit view."""
+    if not customer_ids:
+        return {}
+    value = _json_text(cur, "e.detail", "name")
+    listed = ", ".join(f"'{a}'" for a in NAMED_ACTIONS)
+    rows = cur.all(
+        f"SELECT e.subject, {value} AS v FROM {entries} e "
+        f"WHERE e.subject IN ({', '.join('?' for _ in customer_ids)}) "
+        f"AND e.action IN ({listed}) AND {value} IS NOT NULL ORDER BY e.position",
+        [f"customer:{c}" for c in customer_ids],
+    )
+    return {str(r["subject"])[len("customer:") :]: str(r["v"]) for r in rows}  # newest wins
+
+
+def _latest_revision(t: Tables) -> str:
+    """i is its invoice's latest revision (an anti-join: no per-row MAX subquery)."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM {t.invoices} x WHERE x.invoice_id = i.invoice_id "
+        "AND x.revision > i.revision)"
+    )
+
+
 def _escaped(text: str) -> str:
     """Text matched literally by LIKE ... ESCAPE '\\'."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -121,15 +144,17 @@ def overview(
     last event time; and how many customers match the search."""
     t = Tables.of(services)
     with services.read_models.store.read() as cur:
+        # every customer's name only to search or sort by it; else the page's names, after
+        need_names = bool(search) or sort == "name"
         names = _latest_detail_cte(cur, t.entries, NAMED_ACTIONS, "name")
         seen = "d.received_at <= ?" if as_of else "1 = 1"
         base = (
-            f"FROM {t.customers} c LEFT JOIN ({names}) n ON n.customer_id = c.customer_id "
-            f"LEFT JOIN {t.invoices} i ON i.customer_id = c.customer_id AND i.period = ? "
-            f"AND i.revision = (SELECT MAX(x.revision) FROM {t.invoices} x WHERE "
-            f"x.customer_id = c.customer_id AND x.period = ?) "
+            f"FROM {t.customers} c "
+            + (f"LEFT JOIN ({names}) n ON n.customer_id = c.customer_id " if need_names else "")
+            + f"LEFT JOIN {t.invoices} i ON i.customer_id = c.customer_id AND i.period = ? "
+            f"AND {_latest_revision(t)} "
         )
-        params: list[Any] = [period, period]
+        params: list[Any] = [period]
         meter_sort = sort.startswith("meter:")
         if meter_sort:
             base += (
@@ -171,13 +196,20 @@ def overview(
         elif sort == "last_event":
             order_params = last_params
         direction = "DESC" if descending else "ASC"
+        order = f"({key}) IS NULL, {key} {direction}, c.customer_id {direction}"
+        if sort == "customer":  # never null: the primary key's order
+            order, order_params = f"c.customer_id {direction}", []
         rows = cur.all(
-            f"SELECT c.customer_id, c.currency, c.subscriptions, n.v AS name, i.invoice_id, "
-            f"i.revision, i.status, i.total, i.lines, {last_event} AS last_event {base}{where}"
-            f"ORDER BY ({key}) IS NULL, {key} {direction}, c.customer_id {direction} "
-            "LIMIT ? OFFSET ?",
+            f"SELECT c.customer_id, c.currency, c.subscriptions, "
+            f"{'n.v' if need_names else 'NULL'} AS name, i.invoice_id, i.revision, i.status, "
+            f"i.total, i.lines, {last_event} AS last_event {base}{where}"
+            f"ORDER BY {order} LIMIT ? OFFSET ?",
             [*last_params, *params, *order_params, *order_params, limit, offset],
         )
+        if not need_names:
+            found = _names_of(cur, t.entries, [r["customer_id"] for r in rows])
+            for r in rows:
+                r["name"] = found.get(r["customer_id"])
     return rows, int(count["n"]) if count else 0
 
 
@@ -225,10 +257,7 @@ def _invoice_filter(
         where.append("i.status = ?")
         params.append(status)
     else:
-        where.append(
-            f"i.revision = (SELECT MAX(x.revision) FROM {t.invoices} x WHERE "
-            "x.invoice_id = i.invoice_id)"
-        )
+        where.append(_latest_revision(t))
     return " AND ".join(where), params
 
 
