@@ -70,6 +70,9 @@ def test_names_search_and_sorts(client):
     ]
     # amounts: 700 calls > 40 > 5; acme has no usage (no draft), so last
     assert [c for c, _ in _rows(client, "sort=amount&dir=desc")] == ["b2", "b3", "b1", "acme"]
+    # the same received time (a fixed clock): ties by customer; no event (acme) last
+    assert [c for c, _ in _rows(client, "sort=last_event&dir=desc")] == ["b3", "b2", "b1", "acme"]
+    assert [c for c, _ in _rows(client, "sort=last_event&q=b")] == ["b1", "b2", "b3"]
     assert _rows(client, "q=ALPHA") == [("b2", "alpha works")]
     assert _rows(client, "q=b3") == [("b3", "Mid Co")]
     assert _rows(client, "q=old") == []  # a former name is not searched

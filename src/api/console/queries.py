@@ -162,6 +162,13 @@ def overview(
                 "AND b.meter = ? "
             )
             params += [period, sort[len("meter:") :]]
+        if sort == "last_event":  # every customer's: one grouped read, not one per customer
+            base += (
+                f"LEFT JOIN (SELECT d.customer_id, MAX(d.received_at) AS last "
+                f"FROM {t.deltas} d WHERE d.period = ? AND {seen} GROUP BY d.customer_id) le "
+                "ON le.customer_id = c.customer_id "
+            )
+            params += [period, *([as_of] if as_of else [])]
         where = ""
         if search:
             where = (
@@ -178,14 +185,15 @@ def overview(
             f"d.customer_id = c.customer_id AND d.period = ? AND {seen})"
         )
         last_params: list[Any] = [period, *([as_of] if as_of else [])]
+        if sort == "last_event":
+            last_event, last_params = "le.last", []
         key = {
             "customer": "c.customer_id",
             "name": "LOWER(n.v)",
             "currency": "c.currency",
             "amount": _numeric("i.total"),
-            "last_event": last_event,
+            "last_event": "le.last",
         }.get(sort)
-        order_params: list[Any] = []
         if meter_sort:
             key = (
                 f"CASE b.aggregation WHEN 'count' THEN {_numeric('b.count')} "
@@ -193,18 +201,16 @@ def overview(
             )
         elif key is None:
             key = "c.customer_id"
-        elif sort == "last_event":
-            order_params = last_params
         direction = "DESC" if descending else "ASC"
         order = f"({key}) IS NULL, {key} {direction}, c.customer_id {direction}"
         if sort == "customer":  # never null: the primary key's order
-            order, order_params = f"c.customer_id {direction}", []
+            order = f"c.customer_id {direction}"
         rows = cur.all(
             f"SELECT c.customer_id, c.currency, c.subscriptions, "
             f"{'n.v' if need_names else 'NULL'} AS name, i.invoice_id, i.revision, i.status, "
             f"i.total, i.lines, {last_event} AS last_event {base}{where}"
             f"ORDER BY {order} LIMIT ? OFFSET ?",
-            [*last_params, *params, *order_params, *order_params, limit, offset],
+            [*last_params, *params, limit, offset],
         )
         if not need_names:
             found = _names_of(cur, t.entries, [r["customer_id"] for r in rows])
