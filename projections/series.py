@@ -65,6 +65,13 @@ def hour_of(moment: datetime) -> str:
     return stamp(moment.replace(minute=0, second=0, microsecond=0))
 
 
+def hour_text(occurred_at: str) -> str:
+    """A record's hour, cut from its stored UTC time (`usage.iso`) without parsing it."""
+    if occurred_at.endswith("Z") and occurred_at[10:11] == "T" and occurred_at[13:14] == ":":
+        return occurred_at[:13] + ":00:00.000000Z"
+    return hour_of(when(occurred_at))
+
+
 def dims(properties: Any) -> list[tuple[str, str]]:
     """('', '') for the meter's whole usage, then each groupable property and its value."""
     found = [("", "")]
@@ -109,7 +116,7 @@ def totals_row(totals: Totals) -> tuple[Any, ...]:
         totals["field"],
         str(totals["sum"]),
         totals["count"],
-        dumps(totals["values"]),
+        dumps(totals["values"]) if totals["values"] else "{}",
         str(totals["adjustment"]),
     )
 
@@ -215,13 +222,12 @@ class SeriesBatch:
         self,
         customer: str,
         meter: str,
-        moment: datetime,
+        hour: str,
         buckets: Iterable[tuple[str, str]],
         position: int,
         received_at: str,
         delta: Totals,
     ) -> None:
-        hour = hour_of(moment)
         for dim, value in buckets:
             key = (customer, meter, dim, hour, value)
             _merge(self.hours, key, delta)
@@ -237,21 +243,22 @@ class SeriesBatch:
             event_id, submitted, meter, quantity = record[0], record[1], record[2], record[3]
             aggregation, field = e.meters[meter][0], e.meters[meter][1]
             quantity = Decimal(quantity)
-            moment = when(record[4])
+            hour = hour_text(record[4])
             delta = new_totals(aggregation, field)
             delta["sum"], delta["count"] = quantity, 1
             if aggregation == "latest":
+                moment = when(record[4])
                 delta["values"][latest_value(moment, position, index, quantity)] = 1
             elif aggregation in TRACKED:
                 value = tracked_value(delta, quantity, record[5])
                 if value is not None:
                     delta["values"][value] = 1
-            self._add(customer, meter, moment, dims(record[5]), position, received, delta)
+            self._add(customer, meter, hour, dims(record[5]), position, received, delta)
             key = (submitted, event_id)
             self.records[key] = {
                 "customer_id": submitted,
                 "event_id": event_id,
-                "hour": hour_of(moment),
+                "hour": hour,
                 "aggregation": aggregation,
                 "field": field,
                 "compensated": Decimal(0),
@@ -270,15 +277,15 @@ class SeriesBatch:
         delta = compensation_delta(shape, quantity, net_before, e.properties)
         record["compensated"] += quantity
         self.compensated.add(key)
-        moment = when(record["hour"])
         buckets = dims(e.properties)
-        self._add(customer, e.meter, moment, buckets, position, stamp(e.received_at), delta)
+        hour = record["hour"]
+        self._add(customer, e.meter, hour, buckets, position, stamp(e.received_at), delta)
 
     def adjustment(self, position: int, e: Any) -> None:
         delta = adjustment_delta(e.aggregation, e.field, Decimal(e.quantity))
-        moment = when(e.occurred_at)
+        hour = hour_of(when(e.occurred_at))
         received = stamp(e.received_at)
-        self._add(self.customer(e), e.meter, moment, [("", "")], position, received, delta)
+        self._add(self.customer(e), e.meter, hour, [("", "")], position, received, delta)
 
     # Writing, each table once -----------------------------------------------------------------
 

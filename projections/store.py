@@ -64,11 +64,15 @@ class Cursor:
             return [dict(row) for row in self.raw.fetchall()]
         found: list[dict[str, Any]] = []
         tuple_sql = "(" + ", ".join("?" * len(columns)) + ")"
+        # The keys drive a join: SQLite plans `(a, b) IN (VALUES ...)` of more than one row as
+        # a scan of the whole table, but looks each joined key up in the table's index.
+        on = " AND ".join(f"{table}.{c} = k.column{i}" for i, c in enumerate(columns, 1))
+        chosen = f"{table}.*" if select == "*" else select
         for start in range(0, len(wanted), SQLITE_KEYS):
             chunk = wanted[start : start + SQLITE_KEYS]
             found += self.all(
-                f"SELECT {select} FROM {table} WHERE ({', '.join(columns)}) IN "
-                f"(VALUES {', '.join([tuple_sql] * len(chunk))}){extra}",
+                f"SELECT {chosen} FROM (VALUES {', '.join([tuple_sql] * len(chunk))}) AS k "
+                f"JOIN {table} ON {on}{extra}",
                 [value for key in chunk for value in key],
             )
         return found
