@@ -150,3 +150,46 @@ def test_two_workers_count_as_one_service(database_url, tmp_path):
     assert all(line["key_id"] == "bootstrap" and line["request_id"] for line in ingests)
     by_worker = Counter(line["pid"] for line in ingests)
     assert len(by_worker) == 2, by_worker  # both workers answered, and /metrics summed them
+
+
+def test_a_log_nobody_reads_never_stalls_the_service(database_url, tmp_path):
+    """stderr is a pipe that is never read: once it is full, log lines are dropped, requests
+    are still answered at once, and SIGTERM still stops the service cleanly."""
+    port = free_port()
+    env = {**os.environ, "BILLING_DATABASE_URL": database_url, "BILLING_ADMIN_KEY": ADMIN}
+    env["BILLING_LOG_FORMAT"] = "json"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", "1"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,  # never read until the end
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        started = time.monotonic()
+        long_path = "/nowhere/" + "x" * 2000  # logged: about 2.3 kB a line
+
+        def forty(_: int) -> list[int]:
+            with httpx.Client(base_url=base, timeout=10) as client:
+                return [client.get(long_path).status_code for _ in range(40)]
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = Counter(s for some in pool.map(forty, range(8)) for s in some)
+        # 320 lines of 2.3 kB: several times what a pipe holds, all answered.
+        assert statuses == {404: 320}
+        assert time.monotonic() - started < 30
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=15)  # stops as it would with its log read
+    finally:
+        stop(server)
+        assert server.stderr is not None
+        server.stderr.close()
