@@ -9,7 +9,7 @@ Two kinds of figure:
   worker's files, those of restarted workers included, so the figures are the service's.
 - read from the stores at scrape time: projection positions, lags and quarantined counts,
   the log's head, the findings of the last kept reconciliation run, the webhook outbox's
-  deliveries by status and failing endpoints. They are the same whichever worker answers.
+  pending and failed deliveries and failing endpoints. They are the same whichever worker answers.
 
 Labels are bounded: route templates (never raw paths), the methods litestar serves, statuses,
 four ingest statuses, four dialects, projection names and versions, finding causes. No
@@ -184,20 +184,22 @@ def _epoch(stamped: str) -> float:
     return datetime.fromisoformat(stamped.replace("Z", "+00:00")).timestamp()
 
 
-DELIVERY_STATUSES = ("pending", "delivered", "failed")
+DELIVERY_STATUSES = ("pending", "failed")  # delivered rows are never counted: they grow
 
 
 def webhook_metrics(services: Any) -> Iterable[Metric]:
     """The webhook outbox's figures, when the services have one (`services.webhooks` with a
-    `backlog()` of counts: pending, delivered and failed deliveries, failing endpoints, the
-    oldest pending delivery's time)."""
+    `backlog()` of counts: deliveries pending for active endpoints and failed ones, failing
+    endpoints, the oldest pending delivery's time)."""
     reads = getattr(services, "webhooks", None)
     backlog: Callable[[], dict[str, Any]] | None = getattr(reads, "backlog", None)
     if backlog is None:
         return []
     counts = backlog()
     deliveries = _gauge(
-        "billing_webhook_deliveries", "Webhook deliveries in the outbox by status", ["status"]
+        "billing_webhook_deliveries",
+        "Webhook deliveries waiting (pending, for active endpoints) or given up on (failed)",
+        ["status"],
     )
     for status in DELIVERY_STATUSES:
         deliveries.add_metric([status], float(counts.get(status) or 0))
