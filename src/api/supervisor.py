@@ -18,6 +18,7 @@ row in the view store, read on every poll) reaches the log's position.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -40,6 +41,7 @@ STOP_DEADLINE_SECONDS = 8
 WORKER_ENV = "BILLING_SERVE_WORKER"
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
+METRICS_PREFIX = "billing-metrics-"  # then the supervisor's pid, so orphans can be found
 STEADY_SECONDS = 60.0  # a child that ran this long starts again without waiting
 
 
@@ -164,7 +166,22 @@ def metrics_directory() -> tuple[str, bool]:
             if name.endswith(".db"):
                 os.unlink(os.path.join(given, name))
         return given, False
-    return tempfile.mkdtemp(prefix="billing-metrics-"), True
+    _remove_orphans()
+    return tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-"), True
+
+
+def _remove_orphans() -> None:
+    """Counts directories of supervisors that were killed before they could remove theirs."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{METRICS_PREFIX}*-*")):
+        pid = os.path.basename(path)[len(METRICS_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 def run_workers(sock: socket.socket, workers: int, *, external_projections: bool) -> None:
