@@ -7,7 +7,8 @@ producers do; `--key admin` uses BILLING_ADMIN_KEY instead). Then, per run: batc
 (2 clients x 10 requests of 1,000 events, 10% re-sent) and single-event ingest (32
 connections, every 10th request a retry). In the same run: raw PostgreSQL COPY
 (`measure_copy_baseline`) and the bare litestar endpoint served by uvicorn with the same
-number of worker processes. Figures are medians of --runs runs.
+number of worker processes sharing one socket (`benchmarks.bare_serve`). Figures are
+medians of --runs runs.
 """
 
 from __future__ import annotations
@@ -35,17 +36,14 @@ from benchmarks.loadgen import LoadResult, choose_generator, run_load
 
 
 def bare_command(port: int, workers: int) -> list[str]:
+    """The bare endpoint on `workers` processes sharing one socket, as `billing serve` shares
+    its own (benchmarks.bare_serve: TCP_NODELAY on every connection, like serve's)."""
     return [
         sys.executable,
         "-m",
-        "uvicorn",
-        "benchmarks.bare_app:app",
-        "--host",
-        "127.0.0.1",
+        "benchmarks.bare_serve",
         "--port",
         str(port),
-        "--log-level",
-        "warning",
         "--workers",
         str(workers),
     ]
