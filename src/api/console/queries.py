@@ -278,6 +278,14 @@ def _invoice_key(sort: str) -> str:
     }.get(sort, "i.customer_id")
 
 
+def _invoice_order(sort: str, key: str, direction: str) -> str:
+    """Nulls last, then customer, period, revision; only issue times can be null, so the other
+    keys sort without the null test (the customer sort then follows the (customer_id, period,
+    revision) index, which a far page needs)."""
+    nulls = f"({key}) IS NULL, " if sort == "issued_at" else ""
+    return f"{nulls}{key} {direction}, i.customer_id, i.period, i.revision"
+
+
 INVOICE_COLUMNS = (
     "i.invoice_id, i.customer_id, i.period, i.revision, i.status, i.total, i.currency, i.issued_at"
 )
@@ -304,8 +312,7 @@ def invoices(
         count = cur.one(f"SELECT COUNT(*) AS n FROM {t.invoices} i WHERE {sql_where}", params)
         rows = cur.all(
             f"SELECT {INVOICE_COLUMNS} FROM {t.invoices} i WHERE {sql_where} "
-            f"ORDER BY ({key}) IS NULL, {key} {direction}, i.customer_id, i.period, i.revision "
-            "LIMIT ? OFFSET ?",
+            f"ORDER BY {_invoice_order(sort, key, direction)} LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
     return [{**r, "revision": int(r["revision"])} for r in rows], int(count["n"]) if count else 0
@@ -345,8 +352,7 @@ def all_invoices(
             rows = cur.all(
                 f"SELECT {INVOICE_COLUMNS}, {key} AS sort_key FROM {t.invoices} i "
                 f"WHERE {sql_where} {resume}"
-                f"ORDER BY ({key}) IS NULL, {key} {direction}, i.customer_id, i.period, "
-                "i.revision LIMIT ?",
+                f"ORDER BY {_invoice_order(sort, key, direction)} LIMIT ?",
                 [*params, *resume_params, chunk],
             )
         if not rows:
