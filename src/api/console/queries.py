@@ -79,11 +79,11 @@ def _names_of(cur: Cursor, entries: str, customer_ids: list[str]) -> dict[str, s
 
 
 def _latest_revision(t: Tables) -> str:
-    """i is its invoice's latest revision (an anti-join: no per-row MAX subquery)."""
-    return (
-        f"NOT EXISTS (SELECT 1 FROM {t.invoices} x WHERE x.invoice_id = i.invoice_id "
-        "AND x.revision > i.revision)"
-    )
+    """i is its invoice's latest revision. The invoices projection marks every earlier
+    revision `superseded` in the transaction that writes a later one
+    (`projections.invoice_writes.supersede`), so that is a filter on the row itself: no
+    anti-join to read every other revision of the table."""
+    return "i.status <> 'superseded'"
 
 
 def _escaped(text: str) -> str:
