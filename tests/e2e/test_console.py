@@ -354,7 +354,9 @@ def test_finance_reads_a_customer_an_invoice_and_a_line_whose_records_add_up(ser
     page.wait_for_selector("#records-2 .record-quantity")
     assert page.locator("#records-2 .record-quantity").all_inner_texts() == ["500"]
     assert "late-1" in page.inner_text("#records-2")
-    assert page.locator("#verify").count() == 0  # finance does not act
+    page.click("#verify")  # finance proves what it reads
+    page.wait_for_selector("#verify-outcome")
+    assert "Pass" in page.inner_text("#verify-outcome")
     finance.shot("invoice")
 
     for url, name in (
@@ -386,8 +388,8 @@ def test_finance_reads_a_customer_an_invoice_and_a_line_whose_records_add_up(ser
     token = finance.csrf()
     refused = finance.post("/projections/invoices/rebuild", {"csrf_token": token})
     assert refused.status_code == 403 and "may not rebuild" in refused.text
-    refused = finance.post(f"/invoices/{served.invoice_now}/verify", {"csrf_token": token})
-    assert refused.status_code == 403, refused.headers
+    refused = finance.post("/reconciliation", {"csrf_token": token, "period": "2026-11"})
+    assert refused.status_code == 403 and "may not run reconciliation" in refused.text
     # and without the CSRF token (or with another) nothing is even considered
     r = finance.post("/logout")
     assert r.status_code == 403, (r.headers, r.text[:500])

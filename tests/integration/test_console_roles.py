@@ -76,7 +76,7 @@ def test_every_console_route_has_exactly_one_rule_and_each_rule_a_route(served):
 def test_each_rule_allows_exactly_the_roles_of_the_api_routes_it_reads_or_acts_through(served):
     client, _ = served
     for name, rule in ACCESS.items():
-        if not rule.api:  # reconcile and verify: the contract's operator row
+        if not rule.api:  # running a kept reconciliation: the contract's operator row
             assert rule.roles == OPERATORS, name
             continue
         expected = frozenset.intersection(

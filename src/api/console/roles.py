@@ -2,10 +2,12 @@
 
 Every page and action allows exactly the roles of the HTTP API route whose data it shows or
 whose action it takes (`requires(...)` in `api.http`); `tests/integration/test_console_roles.py`
-compares this table with the API's own guards and calls every page with every role. Two
-actions have no API route of their own and follow the contract's roles table, where operators
-"reconcile" and "verify": running a reconciliation that the console keeps, and verifying an
-invoice's digests (the API's only reconciliation route is a read finance may call too).
+compares this table with the API's own guards and calls every page with every role. One
+action has no API route of its own and follows the contract's roles table, where operators
+"reconcile": running a reconciliation that the console keeps. "Verify now" on an invoice
+reads the invoice and reconciles its customer's period without keeping a run, as
+`GET /v1/invoices/{invoice_id}` and `GET /v1/reconciliation` do: those who read the invoice
+(finance, admin) can prove it from there.
 """
 
 from __future__ import annotations
@@ -56,7 +58,11 @@ ACCESS: dict[str, Access] = {
     "console:lineage": Access(
         READERS, "read an invoice's lineage", ("GET /v1/invoices/{invoice_id}/lineage",)
     ),
-    "console:verify": Access(OPERATORS, "verify invoices", ()),
+    "console:verify": Access(
+        READERS,
+        "verify invoices",
+        ("GET /v1/invoices/{invoice_id}", "GET /v1/reconciliation"),
+    ),
     "console:reconciliation": Access(
         STAFF, "read reconciliation runs", ("GET /v1/reconciliation",)
     ),
