@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -20,6 +23,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stop_group(server: subprocess.Popen[Any]) -> None:
+    """Stop a `billing serve` started in a session of its own: SIGTERM, then whatever of its
+    process group is left (workers, the projection child) is killed, so nothing outlives it."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=15)
+    with suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
 
 
 def billing(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_e2e_serve import ROOT, free_port
+from tests.e2e.test_e2e_serve import ROOT, free_port, stop_group
 
 ADMIN = secrets.token_urlsafe(24)
 NOW = (datetime.now(UTC) - timedelta(minutes=1)).replace(microsecond=0)
@@ -81,18 +81,6 @@ def start(database_url: str, log: Path, workers: int = 2) -> tuple[subprocess.Po
         time.sleep(0.2)
 
 
-def stop(server: subprocess.Popen[Any]) -> None:
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-    with suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGKILL)
-
-
 def metrics_dirs_of(server: subprocess.Popen[Any]) -> set[str]:
     """The PROMETHEUS_MULTIPROC_DIR the supervisor gave its worker processes."""
     found = set()
@@ -137,7 +125,7 @@ def test_two_workers_count_as_one_service(database_url, tmp_path):
             counts = ingest_counts(base)
             assert {k: v for k, v in counts.items() if v} == expected
     finally:
-        stop(server)
+        stop_group(server)
     assert not [d for d in ours if os.path.exists(d)]  # removed at stop
 
     output = log.read_text()
@@ -190,6 +178,6 @@ def test_a_log_nobody_reads_never_stalls_the_service(database_url, tmp_path):
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=15)  # stops as it would with its log read
     finally:
-        stop(server)
+        stop_group(server)
         assert server.stderr is not None
         server.stderr.close()

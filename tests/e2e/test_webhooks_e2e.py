@@ -4,7 +4,6 @@ failing, and a slow receiver does not slow ingest."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import secrets
@@ -21,7 +20,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from tests.e2e.test_e2e_serve import ROOT
+from tests.e2e.test_e2e_serve import ROOT, stop_group
 from tests.webhook_receiver import Receiver, free_port
 
 FAST = {
@@ -75,13 +74,7 @@ def serving(env: dict[str, str], port: int, workers: int = 1) -> Iterator[subpro
             time.sleep(0.2)
         yield server
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                server.wait(15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)  # whatever of its group is left
-        server.wait()
+        stop_group(server)
 
 
 def client_for(env: dict[str, str], port: int) -> httpx.Client:

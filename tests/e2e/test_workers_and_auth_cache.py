@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +26,7 @@ import pytest
 from billing_domain.application import BillingApplication
 from billing_domain.errors import NotAuthenticated
 from billing_domain.settings import Settings
-from tests.e2e.test_e2e_serve import ROOT, free_port
+from tests.e2e.test_e2e_serve import ROOT, free_port, stop_group
 
 NOW = (datetime.now(UTC) - timedelta(minutes=1)).replace(microsecond=0)
 ADMIN = secrets.token_urlsafe(24)
@@ -65,15 +65,7 @@ def serving(database_url: str, workers: int, **extra: str) -> Iterator[tuple[str
             time.sleep(0.2)
         yield base, server
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
-        with suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)  # nothing of this server outlives it
+        stop_group(server)
 
 
 def admin(base: str) -> httpx.Client:
