@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_metrics_workers import ADMIN, start, stop
+from tests.e2e.test_e2e_serve import stop_group
+from tests.e2e.test_metrics_workers import ADMIN, start
 
 PACKAGE = "billing_client"
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
@@ -72,7 +73,7 @@ def generated(tmp_path: Path) -> Iterator[tuple[str, Any]]:
             for name in [n for n in sys.modules if n.split(".")[0] == PACKAGE]:
                 del sys.modules[name]
     finally:
-        stop(server)
+        stop_group(server)
 
 
 @pytest.fixture(autouse=True)

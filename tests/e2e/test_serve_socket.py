@@ -10,7 +10,8 @@ import time
 import httpx
 
 from api.commands_service import _listening_socket
-from tests.e2e.test_metrics_workers import start, stop
+from tests.e2e.test_e2e_serve import stop_group
+from tests.e2e.test_metrics_workers import start
 
 
 def test_the_listening_socket_names_tcp_so_asyncio_disables_nagle() -> None:
@@ -39,4 +40,4 @@ def test_a_kept_alive_connection_is_answered_without_a_40_ms_stall(tmp_path) -> 
         # With Nagle on, every answer after the first waited for the delayed ACK: 44 ms.
         assert statistics.median(took) < 0.030, took
     finally:
-        stop(server)
+        stop_group(server)
