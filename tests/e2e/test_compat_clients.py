@@ -9,7 +9,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.e2e.test_e2e_serve import wait_healthy
 
 stripe = pytest.importorskip("stripe")
 lago = pytest.importorskip("lago_python_client")
@@ -44,19 +45,6 @@ class Served:
     occurred: datetime
 
 
-def _wait_healthy(base: str, server: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert server.poll() is None, server.stdout.read() if server.stdout else ""
-        assert time.monotonic() < deadline, "billing serve did not become healthy"
-        time.sleep(0.2)
-
-
 def _ok(response: httpx.Response, status: int = 201) -> dict[str, Any]:
     assert response.status_code == status, response.text
     return response.json() if response.content else {}
@@ -77,7 +65,7 @@ def served(database_url: str) -> Iterator[Served]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(base, server)
+        wait_healthy(base, server)
         with httpx.Client(
             base_url=base, timeout=30, headers={"Authorization": f"Bearer {admin_key}"}
         ) as admin:

@@ -26,7 +26,7 @@ import pytest
 from api.console.sessions import SessionStore
 from projections.store import SQLiteViewStore
 from tests.conftest import POSTGRES_URL, STORES, _require_postgres
-from tests.e2e.test_e2e_serve import free_port
+from tests.e2e.test_e2e_serve import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -208,16 +208,7 @@ def served(
     )
     served = Served(store, f"http://127.0.0.1:{port}", admin)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{served.base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            assert time.monotonic() < deadline, "billing serve did not become healthy"
-            time.sleep(0.2)
+        wait_healthy(served.base, server)
         _load(served)
         yield served
     finally:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_healthy(
+    base: str, server: subprocess.Popen[Any], output: Callable[[], str] | None = None
+) -> None:
+    """Wait until `billing serve` answers GET /health with 200. If it exits first, fail with
+    what it printed (`output`, else its piped stdout); if it is not healthy within 60 s, say so."""
+    deadline = time.monotonic() + 60
+    while True:
+        with suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return
+        if server.poll() is not None:
+            if output is not None:
+                raise AssertionError(output())
+            raise AssertionError(server.stdout.read() if server.stdout else "billing serve exited")
+        assert time.monotonic() < deadline, "billing serve did not become healthy"
+        time.sleep(0.2)
 
 
 def stop_group(server: subprocess.Popen[Any]) -> None:
@@ -67,16 +86,7 @@ def test_a_new_user_serves_ingests_closes_and_reads_an_invoice(database_url):
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            assert time.monotonic() < deadline, "billing serve did not become healthy"
-            time.sleep(0.2)
+        wait_healthy(base, server)
         with httpx.Client(
             base_url=base, timeout=30, headers={"Authorization": f"Bearer {admin}"}
         ) as client:

@@ -26,7 +26,7 @@ from billing_domain.errors import StoreContention
 from billing_domain.settings import Settings
 from tests.api_support import ADMIN, event, http, setup_acme
 from tests.conftest import POSTGRES_URL, Clock, _require_postgres
-from tests.e2e.test_e2e_serve import ROOT, free_port
+from tests.e2e.test_e2e_serve import ROOT, free_port, wait_healthy
 
 
 def assert_store_unavailable(response: Any) -> None:
@@ -76,17 +76,12 @@ def start_server(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return server, base
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise AssertionError(server.stdout.read() if server.stdout else "no output")
-        time.sleep(0.2)
+    try:
+        wait_healthy(base, server)
+    except AssertionError:
+        server.kill()
+        raise
+    return server, base
 
 
 def setup_customer(client: httpx.Client) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_e2e_serve import ROOT, free_port, stop_group
+from tests.e2e.test_e2e_serve import ROOT, free_port, stop_group, wait_healthy
 
 ADMIN = secrets.token_urlsafe(24)
 NOW = (datetime.now(UTC) - timedelta(minutes=1)).replace(microsecond=0)
@@ -71,14 +71,8 @@ def start(database_url: str, log: Path, workers: int = 2) -> tuple[subprocess.Po
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        with suppress(httpx.HTTPError):
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return server, base
-        assert server.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "billing serve did not become healthy"
-        time.sleep(0.2)
+    wait_healthy(base, server, log.read_text)
+    return server, base
 
 
 def metrics_dirs_of(server: subprocess.Popen[Any]) -> set[str]:
@@ -156,13 +150,7 @@ def test_a_log_nobody_reads_never_stalls_the_service(database_url, tmp_path):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            assert server.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_healthy(base, server)
         started = time.monotonic()
         long_path = "/nowhere/" + "x" * 2000  # logged: about 2.3 kB a line
 

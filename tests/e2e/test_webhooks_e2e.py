@@ -20,7 +20,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from tests.e2e.test_e2e_serve import ROOT, stop_group
+from tests.e2e.test_e2e_serve import ROOT, stop_group, wait_healthy
 from tests.webhook_receiver import Receiver, free_port
 
 FAST = {
@@ -62,16 +62,7 @@ def serving(env: dict[str, str], port: int, workers: int = 1) -> Iterator[subpro
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, "billing serve exited"
-            assert time.monotonic() < deadline, "billing serve did not become healthy"
-            time.sleep(0.2)
+        wait_healthy(f"http://127.0.0.1:{port}", server)
         yield server
     finally:
         stop_group(server)

@@ -26,7 +26,7 @@ import pytest
 from billing_domain.application import BillingApplication
 from billing_domain.errors import NotAuthenticated
 from billing_domain.settings import Settings
-from tests.e2e.test_e2e_serve import ROOT, free_port, stop_group
+from tests.e2e.test_e2e_serve import ROOT, free_port, stop_group, wait_healthy
 
 NOW = (datetime.now(UTC) - timedelta(minutes=1)).replace(microsecond=0)
 ADMIN = secrets.token_urlsafe(24)
@@ -53,16 +53,7 @@ def serving(database_url: str, workers: int, **extra: str) -> Iterator[tuple[str
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            assert time.monotonic() < deadline, "billing serve did not become healthy"
-            time.sleep(0.2)
+        wait_healthy(base, server)
         yield base, server
     finally:
         stop_group(server)
