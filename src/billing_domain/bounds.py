@@ -195,13 +195,10 @@ def _check_plain(text: str, field: str) -> None:
 def bounded_decimal(number: Decimal, field: str) -> Decimal:
     """The number itself when it is within the bounds, in plain notation (1E+3 is 1000; zero
     in any notation is 0). Never expands an exponent beyond the bounds."""
-    if not number.is_finite():
-        raise InvalidInput("must be a finite decimal number", field=field)
-    if not number:
-        return Decimal(0)
     _, digits, exponent = number.as_tuple()
     if (
-        isinstance(exponent, int)
+        isinstance(exponent, int)  # finite
+        and number  # zero in any notation is written 0 below
         and -MAX_DECIMAL_PLACES <= exponent <= 0
         and len(digits) <= MAX_SIGNIFICANT_DIGITS
         and len(digits) + exponent <= MAX_INTEGER_DIGITS

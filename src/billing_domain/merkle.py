@@ -31,12 +31,10 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 
 def append(peaks: list[str], count: int, item: int) -> None:
-    """Add one item to the compact range of `count` leaves, in place. (`leaf_hash` and
-    `node_hash` written inline: this runs once per usage record at ingest.)"""
-    sha256 = hashlib.sha256
-    node = sha256(b"\x00" + item.to_bytes(32, "big")).digest()
+    """Add one item to the compact range of `count` leaves, in place."""
+    node = leaf_hash(item)
     while count & 1:
-        node = sha256(b"\x01" + bytes.fromhex(peaks.pop()) + node).digest()
+        node = node_hash(bytes.fromhex(peaks.pop()), node)
         count >>= 1
     peaks.append(node.hex())
 
