@@ -165,14 +165,10 @@ def grow(
 ) -> tuple[int, int]:
     """Append billed items to the lineage tree's compact range (in place; None for a period
     still on the sum scheme) and to the sum; return the new (count, accumulator)."""
-    if peaks is None:
-        for item in items:
-            accumulator = (accumulator + item) % DIGEST_MODULUS
-            count += 1
-        return count, accumulator
     for item in items:
         accumulator = (accumulator + item) % DIGEST_MODULUS
-        append(peaks, count, item)
+        if peaks is not None:
+            append(peaks, count, item)
         count += 1
     return count, accumulator
 
