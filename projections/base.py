@@ -22,6 +22,9 @@ class Projection:
     def __init__(self, version: int) -> None:
         self.version = version
         self.prefix = f"pj_{self.name}_v{version}"
+        # Set by the runner while it builds a version nobody reads yet: work whose result
+        # only the newest state decides (an open period's draft, say) may wait for `settle`.
+        self.deferring = False
 
     @property
     def key(self) -> str:
@@ -59,6 +62,13 @@ class Projection:
     def apply(self, cur: Cursor, events: Sequence[tuple[int, str, Any]]) -> None:
         """Write the rows for (position, topic, event) triples, inside the caller's transaction."""
         raise NotImplementedError
+
+    def settle(self, cur: Cursor, after: Any) -> Any:
+        """Do one chunk of the work deferred while `deferring` (after the chunk key `after`,
+        None at first), inside the caller's transaction; return the next chunk's key, or
+        None when nothing is left. The runner calls it until None before a built version
+        is `ready` or `live`. It must be idempotent: a crash repeats it from the start."""
+        return None
 
     def changes(self, cur: Cursor, live: Projection) -> list[dict[str, Any]]:
         """What switching reads from `live` to this version would change, for an operator."""

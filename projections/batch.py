@@ -94,7 +94,13 @@ class BatchState:
             )
         for row in cur.rows_in(t("carried_ids"), columns, corrected):
             self.carried_ids.add((row["customer_id"], row["period"], row["event_id"]))
-        self._load_customers(events, {c for c, _ in keys})
+        # Customers' rows serve drafts (currency, plan) and subscriptions; a version being
+        # built defers its drafts, so it reads only the customers its events subscribe.
+        self._load_customers(events, set() if self.p.deferring else {c for c, _ in keys})
+
+    def load_customers(self, ids: set[str]) -> None:
+        """The customers' rows alone (no events): what pricing drafts of their periods needs."""
+        self._load_customers((), ids)
 
     def _load_customers(self, events: Sequence[tuple[int, str, Any]], ids: set[str]) -> None:
         t, cur = self.p.t, self.cur

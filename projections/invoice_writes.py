@@ -17,6 +17,7 @@ from billing_domain.pricing import Charge, parse_charges
 from billing_domain.reducer import add_carried
 from projections.base import Projection, dec, dumps, stamp
 from projections.batch import BatchState, totals_from_row
+from projections.store import Cursor
 
 
 def upsert(p: Projection, table: str, keys: tuple[str, ...], update: tuple[str, ...]) -> str:
@@ -121,19 +122,52 @@ def write_batch(p: Projection, b: BatchState) -> None:
         upsert(p, "compensated", ("customer_id", "period", "event_id"), ("quantity",)),
     )
     invoices = {(r["invoice_id"], r["revision"]): r for r in b.issued}
-    for row in drafts(p, b):
-        invoices[(row["invoice_id"], row["revision"])] = row
-    names = [name for name, _ in cols("invoices")]
-    cur.write_rows(
-        t("invoices"),
-        cols("invoices"),
-        [tuple(row[n] for n in names) for row in invoices.values()],
-        upsert(p, "invoices", ("invoice_id", "revision"), tuple(names[2:])),
-    )
+    if not p.deferring:  # building a version: each open period is priced once, by settle
+        for row in drafts(p, b):
+            invoices[(row["invoice_id"], row["revision"])] = row
+    write_invoices(p, cur, list(invoices.values()))
     latest: dict[str, int] = {}
     for row in b.issued:
         latest[row["invoice_id"]] = max(latest.get(row["invoice_id"], 0), row["revision"])
     supersede(p, b, latest)
+
+
+def write_invoices(p: Projection, cur: Cursor, rows: list[dict[str, Any]]) -> None:
+    names = [name for name, _ in p.columns("invoices")]
+    cur.write_rows(
+        p.t("invoices"),
+        p.columns("invoices"),
+        [tuple(row[n] for n in names) for row in rows],
+        upsert(p, "invoices", ("invoice_id", "revision"), tuple(names[2:])),
+    )
+
+
+SETTLE_CHUNK = 5000  # open periods priced per transaction when a built version settles
+
+
+def settle_drafts(p: Projection, cur: Cursor, after: tuple[str, str] | None) -> Any:
+    """Price the drafts of the next SETTLE_CHUNK open periods after `after` (customer id,
+    period), each once, from the rows as they stand: what a version built with deferred
+    drafts needs before it is read. Returns the last key, or None when none were left."""
+    where, params = "status = 'open'", []
+    if after is not None:
+        where += " AND (customer_id > ? OR (customer_id = ? AND period > ?))"
+        params = [after[0], after[0], after[1]]
+    keys = [
+        (r["customer_id"], r["period"])
+        for r in cur.all(
+            f"SELECT customer_id, period FROM {p.t('periods')} WHERE {where} "
+            f"ORDER BY customer_id, period LIMIT {SETTLE_CHUNK}",
+            params,
+        )
+    ]
+    if not keys:
+        return None
+    b = BatchState(p, cur)
+    b.touched.update(keys)
+    b.load_customers({customer for customer, _ in keys})
+    write_invoices(p, cur, drafts(p, b))
+    return keys[-1]
 
 
 def supersede(p: Projection, b: BatchState, latest: dict[str, int]) -> None:

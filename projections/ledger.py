@@ -30,7 +30,7 @@ from billing_domain.verification import adjustment_hash, compensation_hash, usag
 from projections.base import Projection, dec, dumps, stamp
 from projections.batch import BILLED, LATE, BatchState
 from projections.diffs import invoice_changes
-from projections.invoice_writes import write_batch
+from projections.invoice_writes import settle_drafts, write_batch
 from projections.store import Cursor
 
 
@@ -150,6 +150,10 @@ class InvoicesProjection(Projection):
         for position, topic, event in events:
             handlers[topic](batch, position, event)
         write_batch(self, batch)
+
+    def settle(self, cur: Cursor, after: Any) -> Any:
+        """Drafts deferred while building: every open period priced once, in chunks."""
+        return settle_drafts(self, cur, after)
 
     def _on_period_opened(self, b: BatchState, position: int, e: Any) -> None:
         row = {

@@ -73,12 +73,47 @@ class Rebuilds:
         progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> int:
-        """Catch the new version up with the log from position zero, batch by batch."""
+        """Catch the new version up with the log from position zero, batch by batch, with
+        the work only the newest state decides (open periods' drafts) deferred to one pass
+        at the end (`Runner.settle`); then it is `ready`. Stopped early, it stays `building`
+        (a `switch` settles it)."""
+        self._set_state(version, "building", "ready")  # deferred work is pending again
         position = self.runner.catch_up(
-            version, progress=progress, should_stop=should_stop, big=True
+            version, progress=progress, should_stop=should_stop, big=True, defer=True
         )
+        if should_stop is not None and should_stop():
+            return position
+        position = self._settle(version, progress, should_stop) or position
         self._set_state(version, "ready", "building")
         return position
+
+    def _settle(
+        self,
+        version: Version,
+        progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> int | None:
+        """Do the deferred work. If it fails (a draft that cannot be priced: a poison
+        quantity), the culprit is an event the batch fold cannot name, so the version is
+        built again from zero without deferring: each event whose draft fails is then
+        quarantined alone, as in a live catch-up. Returns the new position if rebuilt."""
+        try:
+            self.runner.settle(version)
+            return None
+        except Exception as error:
+            if quarantine.store_failure(error):
+                raise
+            log.warning(
+                "%s: a deferred draft failed (%s: %s); building it again event by event "
+                "so the event that causes it is quarantined",
+                version.key,
+                type(error).__name__,
+                error,
+            )
+        self.runner.restart(version)
+        return self.runner.catch_up(
+            version, progress=progress, should_stop=should_stop, big=True, defer=False
+        )
 
     def diff(self, version: Version) -> list[dict[str, Any]]:
         live = self.runner.live(version.name)
@@ -91,6 +126,10 @@ class Rebuilds:
             head = int(self.runner.app.recorder.max_notification_id() or 0)
             if self.runner.catch_up(version) >= head:
                 break
+        state = next(v.state for v in self.runner.versions() if v.key == version.key)
+        if state == "building":  # its build was stopped before it settled
+            self._settle(version)
+            self.runner.catch_up(version)
         with self.runner.store.write() as cur:
             cur.execute(
                 f"UPDATE {TRACKING} SET state = 'retired' WHERE name = ? AND state = 'live'",

@@ -205,11 +205,14 @@ class Runner:
         should_stop: Callable[[], bool] | None = None,
         projection: Projection | None = None,
         big: bool = False,
+        defer: bool = False,
     ) -> int:
         """Apply everything after the version's position (up to `stop`); return the position.
         Batches are up to `big_batch` notifications when `big` (a rebuild) or when the version
-        is more than FAR_BEHIND batches behind, else up to `batch_size`."""
+        is more than FAR_BEHIND batches behind, else up to `batch_size`. `defer` (a version
+        nobody reads yet) leaves what `Projection.settle` does for it to do once."""
         projection = projection or self.projection(version)
+        projection.deferring = defer
         with self._lock(version.key):
             position = self._position(version)
             fingerprint = self._fingerprint(version)
@@ -225,6 +228,38 @@ class Runner:
                     )
                 except PositionMoved:
                     position = self._position(version)
+
+    def settle(self, version: Version) -> None:
+        """Finish the work a build deferred (`Projection.settle`), a chunk per transaction.
+        Each chunk first takes the version's tracking row, so a catch-up of another process
+        cannot commit between what a chunk reads and what it writes."""
+        projection = self.projection(version)
+        after: Any = None
+        with self._lock(version.key):
+            while True:
+                with self.store.write() as cur:
+                    cur.execute(
+                        f"UPDATE {TRACKING} SET position = position WHERE name = ? AND version = ?",
+                        [version.name, version.version],
+                    )
+                    after = projection.settle(cur, after)
+                if after is None:
+                    return
+
+    def restart(self, version: Version) -> None:
+        """Empty a version that is not live and move it back to position zero."""
+        projection = self.projection(version)
+        with self._lock(version.key), self.store.write() as cur:
+            cur.execute(
+                f"UPDATE {TRACKING} SET position = 0 WHERE name = ? AND version = ? "
+                "AND state <> 'live'",
+                [version.name, version.version],
+            )
+            if cur.rowcount != 1:
+                raise KeyError(version.key)
+            quarantine.forget(cur, version.name, version.version)
+            projection.drop(cur)
+            projection.create(cur)
 
     def _apply_from(
         self,
