@@ -28,7 +28,37 @@ def _hook(value: dict[str, Any]) -> Any:
     raise UndecodableState(f"unknown encoded type {kind!r}")
 
 
+TYPED = b'"_type_"'
+
+
 def decode_state(state: bytes) -> dict[str, Any]:
+    """The attributes of a stored event, from its bytes alone: `decode_state_fully`'s answer,
+    faster for the common state whose encoded values (a `timestamp`, say) are all at the top
+    level. The bytes say how many there are (a key `_type_` is never escaped by the encoder;
+    a state with any escape takes the general path)."""
+    typed = state.count(TYPED)
+    if typed > 2 or b"\\u" in state:
+        return decode_state_fully(state)
+    try:
+        decoded = json.loads(state)
+    except (ValueError, TypeError):
+        return decode_state_fully(state)
+    if type(decoded) is not dict:
+        return decode_state_fully(state)
+    if typed:
+        for name, value in decoded.items():
+            if type(value) is dict and len(value) == 2 and "_type_" in value:
+                try:
+                    decoded[name] = _hook(value)
+                except (ValueError, TypeError, ArithmeticError):
+                    return decode_state_fully(state)  # which says why, as it always has
+                typed -= 1
+        if typed:  # one inside a list or a nested object, or not a key at all
+            return decode_state_fully(state)
+    return decoded
+
+
+def decode_state_fully(state: bytes) -> dict[str, Any]:
     """The attributes of a stored event, from its bytes alone."""
     try:
         decoded = json.loads(state, object_hook=_hook)

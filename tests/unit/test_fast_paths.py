@@ -7,6 +7,7 @@ identifiers and numbers the bounds refuse."""
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adapters.stored_json import UndecodableState, decode_state, decode_state_fully
 from billing_domain import bounds
 from billing_domain.errors import InvalidInput
 from billing_domain.usage import _part, canonical_json
@@ -100,3 +102,48 @@ def test_decimal_shortcut_edges(text: str) -> None:
     assert _outcome(bounds.bounded_decimal, number, "quantity") == _outcome(
         bounds.bounded_decimal_fully, number, "quantity"
     )
+
+
+TYPED_VALUES = st.one_of(
+    st.builds(
+        lambda d: {"_type_": "datetime_iso", "_data_": d.isoformat()},
+        st.datetimes(timezones=st.just(UTC)),
+    ),
+    st.builds(lambda n: {"_type_": "decimal_str", "_data_": str(n)}, st.decimals(allow_nan=False)),
+    st.builds(lambda u: {"_type_": "uuid_hex", "_data_": u.hex}, st.uuids()),
+    st.just({"_type_": "unknown_kind", "_data_": "x"}),
+    st.just({"_type_": "decimal_str", "other": "x"}),
+)
+STATE_VALUES = st.recursive(
+    st.one_of(TEXT, st.integers(), st.none(), TYPED_VALUES, st.just("_type_")),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _decoded(decode: Any, state: bytes) -> Any:
+    try:
+        return decode(state)
+    except UndecodableState as error:
+        return ("undecodable", str(error))
+
+
+@given(
+    st.one_of(st.dictionaries(TEXT, STATE_VALUES, max_size=6), STATE_VALUES),
+    st.booleans(),
+)
+def test_stored_states_decode_as_the_general_decoder_does(value: Any, ascii_only: bool) -> None:
+    state = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert _decoded(decode_state, state) == _decoded(decode_state_fully, state)
+
+
+def test_a_usage_state_takes_the_shortcut_and_escapes_do_not() -> None:
+    state = (
+        b'{"timestamp":{"_type_":"datetime_iso","_data_":"2026-11-25T20:46:37+00:00"},'
+        b'"records":[["e1","c1","api_calls","5","2026-11-01T01:23:22Z",{}]]}'
+    )
+    assert decode_state(state)["timestamp"].year == 2026
+    escaped = b'{"t":{"\\u005ftype_":"decimal_str","_data_":"1.5"}}'
+    assert decode_state(escaped) == decode_state_fully(escaped) == {"t": Decimal("1.5")}
+    assert _decoded(decode_state, b"[1]") == _decoded(decode_state_fully, b"[1]")
+    assert _decoded(decode_state, b"{nope") == _decoded(decode_state_fully, b"{nope")
