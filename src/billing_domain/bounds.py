@@ -13,7 +13,7 @@ import re
 import unicodedata
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeGuard
 
 from billing_domain.errors import InvalidInput
 
@@ -85,15 +85,20 @@ def json_number(text: str) -> Decimal | UnboundedNumber:
 # Identifiers and display text ------------------------------------------------------------------
 
 
+def plain_id(value: Any, max_length: int = MAX_ID_LENGTH) -> TypeGuard[str]:
+    """Whether `check_id` takes its shortcut for `value` (it then returns it unchanged)."""
+    return (
+        type(value) is str
+        and len(value) <= max_length
+        and _PLAIN_ASCII_ID.fullmatch(value) is not None
+        and value not in _RESERVED_IDS
+    )
+
+
 def check_id(value: Any, field: str, max_length: int = MAX_ID_LENGTH) -> str:
     """An identifier: 1..max_length printable characters in NFC, no space, no '/' or '\\',
     not '.', '..' or the grant wildcard '*'."""
-    if (
-        type(value) is str
-        and len(value) <= max_length
-        and _PLAIN_ASCII_ID.fullmatch(value)
-        and value not in _RESERVED_IDS
-    ):
+    if plain_id(value, max_length):
         return value  # the common case; anything else goes through every check
     return check_id_fully(value, field, max_length)
 

@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from adapters.stored_json import UndecodableState, decode_state, decode_state_fully
+from api.http import schemas
+from api.http.usage import _usage_input, usage_item
 from billing_domain import bounds
 from billing_domain.errors import InvalidInput
 from billing_domain.usage import _part, canonical_json
@@ -147,3 +150,82 @@ def test_a_usage_state_takes_the_shortcut_and_escapes_do_not() -> None:
     assert decode_state(escaped) == decode_state_fully(escaped) == {"t": Decimal("1.5")}
     assert _decoded(decode_state, b"[1]") == _decoded(decode_state_fully, b"[1]")
     assert _decoded(decode_state, b"{nope") == _decoded(decode_state_fully, b"{nope")
+
+
+ITEM_IDS = st.one_of(
+    st.from_regex(r"[A-Za-z0-9_.:-]{1,12}", fullmatch=True),
+    TEXT,
+    st.sampled_from([".", "..", "*", "a/b", "x" * 300, ""]),
+    st.integers(),
+    st.none(),
+)
+ITEM_QUANTITIES = st.one_of(
+    st.decimals(allow_nan=False, allow_infinity=False, places=3).map(str),
+    st.integers(min_value=-5, max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["1e5", "0x1", " 1", "1_0", "-0", "", "NaN"]),
+    st.none(),
+)
+ITEM_TIMES = st.one_of(
+    st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat().replace("+00:00", "Z")),
+    st.datetimes().map(lambda d: d.isoformat()),
+    st.sampled_from(["2026-11-05", "2026-11-05T10:00:00+02:00", "1762336800", "", "T"]),
+    st.integers(),
+)
+ITEMS = st.fixed_dictionaries(
+    {
+        "event_id": ITEM_IDS,
+        "customer_id": ITEM_IDS,
+        "meter": ITEM_IDS,
+        "quantity": ITEM_QUANTITIES,
+        "occurred_at": ITEM_TIMES,
+    },
+    optional={
+        "properties": st.one_of(NESTED, st.lists(TEXT, max_size=2), TEXT, st.none()),
+        "extra": TEXT,
+    },
+)
+
+
+def _validated(raw: Any) -> Any:
+    try:
+        model = _usage_input(schemas.UsageIn.model_validate(raw))
+    except ValidationError as error:
+        model = ("refused", json.dumps(error.errors(include_url=False), default=str))
+    try:
+        fast = usage_item(raw)
+    except ValidationError as error:
+        fast = ("refused", json.dumps(error.errors(include_url=False), default=str))
+    return fast, model
+
+
+@given(st.one_of(ITEMS, st.dictionaries(TEXT, TEXT, max_size=3), TEXT, st.none()))
+def test_batch_items_validate_as_the_usage_model_does(raw: Any) -> None:
+    fast, model = _validated(raw)
+    assert fast == model
+    if not isinstance(model, tuple) or model[0] != "refused":
+        assert fast.quantity.as_tuple() == model.quantity.as_tuple()  # digits, exponent
+        assert fast.occurred_at.tzinfo == model.occurred_at.tzinfo
+
+
+def test_a_typical_batch_item_skips_the_model_and_a_bad_one_names_its_field() -> None:
+    fast, model = _validated(
+        {
+            "event_id": "req-1",
+            "customer_id": "acme",
+            "meter": "api_calls",
+            "quantity": "12.50",
+            "occurred_at": "2026-11-05T10:00:00Z",
+        }
+    )
+    assert fast == model and str(fast.quantity) == "12.50" and fast.properties == {}
+    fast, model = _validated(
+        {
+            "event_id": "req-1",
+            "customer_id": "acme",
+            "meter": "api_calls",
+            "quantity": "1e5",
+            "occurred_at": "2026-11-05T10:00:00Z",
+        }
+    )
+    assert fast == model and fast[0] == "refused" and '"quantity"' in fast[1]
