@@ -84,13 +84,19 @@ class Cursor:
         rows: Sequence[Sequence[Any]],
         conflict: str = "",
     ) -> None:
-        """Insert many rows in one statement (PostgreSQL: arrays through unnest, sent as
-        binary parameters, so JSON text is not quoted element by element; SQLite: one
-        prepared statement, in process). `columns` are (name, SQL type); `conflict` is the
-        ON CONFLICT clause, if any."""
+        """Insert many rows in one statement. PostgreSQL: plain inserts by binary COPY;
+        with a `conflict` clause, arrays through unnest, sent as binary parameters, so JSON
+        text is not quoted element by element. SQLite: one prepared statement, in process.
+        `columns` are (name, SQL type); `conflict` is the ON CONFLICT clause, if any."""
         if not rows:
             return
         names = ", ".join(name for name, _ in columns)
+        if self.postgres and not conflict:  # plain inserts: binary COPY, no array dumping
+            with self.raw.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types([kind.lower() for _, kind in columns])
+                for row in rows:
+                    copy.write_row(row)
+            return
         if self.postgres:
             arrays = ", ".join(f"%b::{kind}[]" for _, kind in columns)
             self.raw.execute(
