@@ -18,12 +18,11 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID
 
 from eventsourcing.persistence import Notification
 from eventsourcing.utils import resolve_topic
 
-from adapters.stored_json import UndecodableState, decode_state
+from adapters.stored_json import UndecodableState, decode_state, domain_event
 from billing_domain.application import BillingApplication
 from projections import quarantine
 from projections.activity import ActivityProjection
@@ -452,20 +451,12 @@ def decode_direct(notification: Notification) -> Any | None:
         state = decode_state(notification.state)
     except UndecodableState:
         return None
-    cls = resolve_topic(notification.topic)
-    originator_id = notification.originator_id
-    state["originator_id"] = (
-        originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
+    return domain_event(
+        resolve_topic(notification.topic),
+        state,
+        notification.originator_id,
+        notification.originator_version,
     )
-    state["originator_version"] = notification.originator_version
-    class_version = getattr(cls, "class_version", 1)
-    from_version = state.pop("class_version", 1)
-    while from_version < class_version:
-        getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
-        from_version += 1
-    event = object.__new__(cls)
-    object.__setattr__(event, "__dict__", state)
-    return event
 
 
 def add_fingerprint_column(cur: Cursor) -> None:

@@ -1,8 +1,9 @@
-"""One pass over the log: every stored event decoded from its bytes and mapped once.
+"""One pass over the log: every stored event decoded from its bytes once.
 
-Each stored event is decoded by `decode_state` (the raw view) and mapped through the
-library's mapper (the schema check). An in-scope period's events feed its `PeriodLedger`,
-and the events the mapper returned are applied at once to the period's replayed aggregate,
+Each stored event is decoded by `decode_state` (the raw view); its domain event is made from
+that decoded state, upcast as the library's mapper would (the schema check), or by the
+mapper itself when a cipher or compressor is configured. An in-scope period's events feed its
+`PeriodLedger`, and the events made are applied at once to the period's replayed aggregate,
 so the replay neither reads nor maps them again and the scan keeps no event once it is
 applied. Per in-scope usage record the scan keeps a 128-bit fingerprint of what the
 idempotency index must hold for it (its place and payload hash) and checks its times; a
@@ -21,9 +22,14 @@ from uuid import UUID
 
 from eventsourcing.utils import resolve_topic
 
-from adapters.stored_json import UndecodableState, decode_state
+from adapters.stored_json import UndecodableState, decode_state, domain_event
 from billing_domain.application import BillingApplication
-from billing_domain.verification import PERIOD_TOPIC, PeriodLedger, stored_payload_hash
+from billing_domain.verification import (
+    PERIOD_TOPIC,
+    PeriodLedger,
+    leaves_shared,
+    stored_payload_hash,
+)
 from projections.reconciliation.findings import (
     CLOCK_DRIFT,
     SCHEMA_DRIFT,
@@ -106,20 +112,21 @@ def scan_log(
     scanner = _Scanner(app, Scan(stop=int(app.recorder.max_notification_id() or 0)))
     scanner.in_scope, scanner.keep_records = in_scope, keep_records
     scan, start, limit = scanner.scan, 1, 20
-    while start <= scan.stop:
-        page = app.recorder.select_notifications(start, limit, stop=scan.stop)
-        if not page:
-            break
-        scan.stored_events += len(page)
-        size = sum(len(n.state) for n in page)
-        limit = max(1, min(PAGE, len(page) * PAGE_BYTES // max(size, 1)))
-        start = page[-1].id + 1
-        last = page[-1].id
-        for n in page:
-            scanner.one(n)
-        del page, n
-        if progress is not None:
-            progress(last, scan.stop)
+    with leaves_shared():  # the ledger and the replay hash each usage record once between them
+        while start <= scan.stop:
+            page = app.recorder.select_notifications(start, limit, stop=scan.stop)
+            if not page:
+                break
+            scan.stored_events += len(page)
+            size = sum(len(n.state) for n in page)
+            limit = max(1, min(PAGE, len(page) * PAGE_BYTES // max(size, 1)))
+            start = page[-1].id + 1
+            last = page[-1].id
+            for n in page:
+                scanner.one(n)
+            del page, n
+            if progress is not None:
+                progress(last, scan.stop)
     return scan
 
 
@@ -130,6 +137,9 @@ class _Scanner:
     def __init__(self, app: BillingApplication, scan: Scan) -> None:
         self.app, self.scan = app, scan
         self.to_domain_event = app.mapper.to_domain_event
+        # The stored bytes are decoded once: the event comes from the same decoded state,
+        # unless a cipher or compressor sits between them (then the mapper reads them).
+        self.direct = not (app.mapper.cipher or app.mapper.compressor)
         self.skew: timedelta = app.settings.max_clock_skew
 
     def one(self, n: Any) -> None:
@@ -159,7 +169,10 @@ class _Scanner:
             )
             return
         try:
-            event = self.to_domain_event(n)
+            if self.direct:
+                event = domain_event(cls, dict(state), oid, n.originator_version)
+            else:
+                event = self.to_domain_event(n)
         except Exception as error:
             self.drift(n, owner, f"does not load or upcast: {type(error).__name__}: {error}")
             return

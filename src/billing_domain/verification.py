@@ -5,7 +5,9 @@ the reconciliation's `PeriodLedger`, the per-item hashes and the lineage proofs.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -49,12 +51,47 @@ def usage_hash(record: list[Any], received_at: str, emitter: str, key_id: str) -
     return item_hash("usage", *record, received_at, emitter, key_id)
 
 
+class _SharedLeaves(threading.local):
+    active = False
+    records: list[list[Any]] | None = None
+    tail: tuple[str, str, str] = ("", "", "")
+    hashes: list[int] = []  # noqa: RUF012 (per thread, replaced, never mutated)
+
+
+_SHARED = _SharedLeaves()
+
+
+@contextmanager
+def leaves_shared() -> Iterator[None]:
+    """Within this block (in this thread) `usage_hashes` of the very same records list, with
+    the same receipt, is computed once and read twice: the reconciliation's ledger and its
+    replayed aggregate fold the same decoded records, each into its own tree."""
+    _SHARED.active = True
+    try:
+        yield
+    finally:
+        _SHARED.active, _SHARED.records, _SHARED.hashes = False, None, []
+
+
 def usage_hashes(
     records: list[list[Any]], received_at: str, emitter: str, key_id: str
 ) -> Iterator[int]:
     """`usage_hash` of each record of one event, with the shared parts joined once (the hot
     path of ingest, rebuilds and checks); the digest-equals-replay tests hold it to
-    `usage_hash`."""
+    `usage_hash`. Inside `leaves_shared`, the second call for the same records list object
+    and receipt returns the first call's hashes."""
+    if _SHARED.active:
+        tail = (received_at, emitter, key_id)
+        if _SHARED.records is not records or _SHARED.tail != tail:
+            hashes = list(_usage_hashes(records, received_at, emitter, key_id))
+            _SHARED.records, _SHARED.tail, _SHARED.hashes = records, tail, hashes
+        return iter(_SHARED.hashes)
+    return _usage_hashes(records, received_at, emitter, key_id)
+
+
+def _usage_hashes(
+    records: list[list[Any]], received_at: str, emitter: str, key_id: str
+) -> Iterator[int]:
     tail = f"\x1f{received_at}\x1f{emitter}\x1f{key_id}".encode()
     sha256, from_bytes = hashlib.sha256, int.from_bytes
     for event_id, submitted, meter, quantity, occurred, properties in records:

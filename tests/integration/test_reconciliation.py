@@ -17,10 +17,12 @@ from hypothesis import strategies as st
 
 from api.bootstrap import Services, build
 from api.cli import main as cli
+from billing_domain import verification
 from billing_domain.errors import CompensationExceedsUsage
 from billing_domain.ids import invoice_id
 from billing_domain.pricing import Charge
 from projections.reconciliation import reconcile, verify
+from projections.reconciliation import scan as scan_module
 from tests import defects
 from tests.scenario import at, customer, usage
 
@@ -97,6 +99,46 @@ def test_a_clean_store_reconciles_with_no_finding(world):
     assert row(november, "acme", "api_calls")["projected"] == "4"
     checked = verify(world.app)
     assert checked["ok"] is True and checked["checked"]["revisions"] == 3
+
+
+def test_the_scan_hashes_each_usage_event_once_and_still_names_a_bad_digest(
+    world, settings, monkeypatch
+):
+    """The ledger and the replay share each event's leaf hashes (one computation per billed
+    usage event in scope), yet each folds its own tree: a reconciliation with sharing gives
+    the same report as one without, clean and after tampering."""
+    calls: list[int] = []
+    computed = verification._usage_hashes
+
+    def counted(records: Any, *tail: Any) -> Any:
+        calls.append(len(records))
+        return computed(records, *tail)
+
+    monkeypatch.setattr(verification, "_usage_hashes", counted)
+    october = reconcile(world, "2026-10")
+    assert october["ok"] is True
+    # In October's scope: acme's e1+e2 event, beta's e3 event, beta's late2 (restated): each
+    # hashed once by the scan; late1 is carried to November (not billed in October).
+    scanned = list(calls)
+    assert sorted(scanned) == [1, 1, 2], scanned
+    with monkeypatch.context() as m:
+        m.setattr(verification, "leaves_shared", contextlib.nullcontext)
+        m.setattr(scan_module, "leaves_shared", contextlib.nullcontext)
+        calls.clear()
+        unshared = reconcile(world, "2026-10")
+        assert sorted(calls) == [1, 1, 1, 1, 2, 2]  # each event twice: ledger and replay
+    assert _comparable(unshared) == _comparable(october)
+    defects.alter_usage_quantity(settings, "e1", "125")
+    tampered = reconcile(world, "2026-10")
+    assert finding(tampered, check="digest", customer_id="acme")["cause"] == "tampering"
+
+
+def _comparable(report: dict[str, Any]) -> str:
+    return json.dumps(
+        {k: v for k, v in report.items() if k not in ("seconds", "run_id")},
+        default=str,
+        sort_keys=True,
+    )
 
 
 def test_an_altered_stored_quantity_is_named_as_tampering(world, settings):
