@@ -2,7 +2,9 @@
 
 Every table gets one multi-row statement per batch (`Cursor.write_rows`), and each open
 period the batch touched gets its draft invoice recomputed once, from rows read with one
-query per table, however many of the batch's events touched it.
+query per table, however many of the batch's events touched it. A version being built
+defers its drafts (`Projection.deferring`): `settle_drafts` prices every open period once
+when the log is applied.
 """
 
 from __future__ import annotations
