@@ -58,6 +58,16 @@ class MemoryBillingRecorder(POPOApplicationRecorder):
                 if max(index.get(str(originator_id), ()), default=0) > version
             }
 
+    def events_at(self, places: Sequence[tuple[UUID, int]]) -> list[StoredEvent]:
+        """The stored events at these (originator id, version) places."""
+        with self._database_lock:
+            index = self._stored_events_index
+            return [
+                self._stored_events[index[str(originator_id)][version]]
+                for originator_id, version in places
+                if version in index.get(str(originator_id), {})
+            ]
+
     def keys_of(self, originator_ids: Sequence[UUID]) -> list[KeyRow]:
         """Every key row pointing at these aggregates (the reconciliation's index check)."""
         wanted = set(originator_ids)

@@ -125,6 +125,15 @@ class PostgresBillingRecorder(_SerialisedCreateTable, PostgresApplicationRecorde
                 Identifier(self.datastore.schema), Identifier(events_table_name)
             )
         )
+        self.events_at_statement = SQL(
+            "SELECT e.originator_id, e.originator_version, e.topic, e.state FROM {events} e "
+            "JOIN json_to_recordset(%s::json) AS q(id uuid, v bigint) "
+            "ON e.originator_id = q.id AND e.originator_version = q.v"
+        ).format(
+            events=SQL("{}.{}").format(
+                Identifier(self.datastore.schema), Identifier(events_table_name)
+            )
+        )
         self.keys_of_statement = SQL(
             "SELECT * FROM {table} WHERE originator_id = ANY(%s::uuid[])"
         ).format(table=table)
@@ -182,6 +191,25 @@ class PostgresBillingRecorder(_SerialisedCreateTable, PostgresApplicationRecorde
                 [json.dumps([{"id": str(i), "v": v} for i, v in versions.items()])],
             )
             return {row["originator_id"] for row in curs.fetchall()}
+
+    def events_at(self, places: Sequence[tuple[UUID, int]]) -> list[StoredEvent]:
+        """The stored events at these (originator id, version) places, in one query."""
+        if not places:
+            return []
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                self.events_at_statement,
+                [json.dumps([{"id": str(i), "v": v} for i, v in places])],
+            )
+            return [
+                StoredEvent(
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in curs.fetchall()
+            ]
 
     def keys_of(self, originator_ids: Sequence[UUID]) -> list[KeyRow]:
         """Every key row pointing at these aggregates (the reconciliation's index check)."""

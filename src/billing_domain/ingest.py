@@ -52,10 +52,6 @@ from billing_domain.usage import (
     period_of,
 )
 
-# Beyond this gap between the versions of one period's receipts, reading the events between
-# them costs more than another query.
-_RECEIPT_GAP = 64
-
 
 def _refused_write(error: Exception) -> bool:
     """The store refused what the write holds: not an outage (the same write may succeed
@@ -301,26 +297,17 @@ class IngestCommands(ApplicationCore):
         self, results: list[UsageResult | None], receipts: dict[int, KeyRow]
     ) -> None:
         """A duplicate answers with the first receipt: read from the stored events that
-        recorded the first copies, one query per run of nearby versions of a period."""
+        recorded the first copies, all in one read."""
         rows = {
             i: row
             for i, row in receipts.items()
             if (result := results[i]) is not None and result.status == "duplicate"
         }
-        versions: dict[UUID, set[int]] = {}
-        for row in rows.values():
-            versions.setdefault(row.originator_id, set()).add(row.originator_version)
+        places = sorted({(row.originator_id, row.originator_version) for row in rows.values()})
         recorded: dict[tuple[UUID, int], Any] = {}
-        for originator_id, wanted in versions.items():
-            ordered = sorted(wanted)
-            runs = [[ordered[0]]]
-            for version in ordered[1:]:
-                if version - runs[-1][-1] > _RECEIPT_GAP:
-                    runs.append([])
-                runs[-1].append(version)
-            for run in runs:
-                for stored in self.events.get(originator_id, gt=run[0] - 1, lte=run[-1]):
-                    recorded[(originator_id, stored.originator_version)] = stored
+        for stored in self.key_store.events_at(places):
+            event = self.mapper.to_domain_event(stored)
+            recorded[(event.originator_id, event.originator_version)] = event
         for index, row in rows.items():
             first = recorded.get((row.originator_id, row.originator_version))
             result = results[index]

@@ -1,5 +1,5 @@
 """What the application needs of its event store beyond the library's recorder: idempotency
-keys written in the same transaction as the events they guard, and two batch look-ups.
+keys written in the same transaction as the events they guard, and batch look-ups.
 
 A key is (customer_id, kind, key): a usage event id, a compensation id or an adjustment id.
 The store's primary key is what refuses a second record, also when two processes race; the
@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class KeyStore(Protocol):
     def keys_of(self, originator_ids: Sequence[UUID]) -> list[KeyRow]: ...
 
     def newer_than(self, versions: dict[UUID, int]) -> set[UUID]: ...
+
+    def events_at(self, places: Sequence[tuple[UUID, int]]) -> list[StoredEvent]:
+        """The stored events at these (originator id, version) places, in one read."""
 
 
 def ordered_keys(keys: Iterable[KeyRow]) -> list[KeyRow]:
