@@ -116,24 +116,19 @@ class PostgresBillingRecorder(_SerialisedCreateTable, PostgresApplicationRecorde
             "key text, payload_hash text, originator_id uuid, originator_version bigint, "
             "meter text, quantity text)"
         ).format(table=table)
+        events = SQL("{}.{}").format(
+            Identifier(self.datastore.schema), Identifier(events_table_name)
+        )
         self.newer_statement = SQL(
             "SELECT DISTINCT e.originator_id FROM {events} e "
             "JOIN json_to_recordset(%s::json) AS q(id uuid, v bigint) "
             "ON e.originator_id = q.id AND e.originator_version > q.v"
-        ).format(
-            events=SQL("{}.{}").format(
-                Identifier(self.datastore.schema), Identifier(events_table_name)
-            )
-        )
+        ).format(events=events)
         self.events_at_statement = SQL(
             "SELECT e.originator_id, e.originator_version, e.topic, e.state FROM {events} e "
             "JOIN json_to_recordset(%s::json) AS q(id uuid, v bigint) "
             "ON e.originator_id = q.id AND e.originator_version = q.v"
-        ).format(
-            events=SQL("{}.{}").format(
-                Identifier(self.datastore.schema), Identifier(events_table_name)
-            )
-        )
+        ).format(events=events)
         self.keys_of_statement = SQL(
             "SELECT * FROM {table} WHERE originator_id = ANY(%s::uuid[])"
         ).format(table=table)
