@@ -128,8 +128,7 @@ class Rebuilds:
                 break
         state = next(v.state for v in self.runner.versions() if v.key == version.key)
         if state == "building":  # its build was stopped before it settled
-            self._settle(version)
-            self.runner.catch_up(version)
+            self._settle(version)  # (built again from zero, it is caught up to the head)
         with self.runner.store.write() as cur:
             cur.execute(
                 f"UPDATE {TRACKING} SET state = 'retired' WHERE name = ? AND state = 'live'",

@@ -237,10 +237,7 @@ class Runner:
         with self._lock(version.key):
             while True:
                 with self.store.write() as cur:
-                    cur.execute(
-                        f"UPDATE {TRACKING} SET position = position WHERE name = ? AND version = ?",
-                        [version.name, version.version],
-                    )
+                    hold(cur, version)
                     after = projection.settle(cur, after)
                 if after is None:
                     return
@@ -379,11 +376,7 @@ class Runner:
         )
         failure: Exception | None = None
         with self._lock(version.key), self.store.write() as cur:
-            # Take the version's row lock: a runner of another process waits for us.
-            cur.execute(
-                f"UPDATE {TRACKING} SET position = position WHERE name = ? AND version = ?",
-                [version.name, version.version],
-            )
+            hold(cur, version)
             if (
                 not page
                 or quarantine.find(cur, version.name, version.version, notification_id) is None
@@ -456,6 +449,15 @@ def decode_direct(notification: Notification) -> Any | None:
         state,
         notification.originator_id,
         notification.originator_version,
+    )
+
+
+def hold(cur: Cursor, version: Version) -> None:
+    """Take the version's tracking row until the transaction ends: a runner of another
+    process (whose commit updates that row first) waits for us."""
+    cur.execute(
+        f"UPDATE {TRACKING} SET position = position WHERE name = ? AND version = ?",
+        [version.name, version.version],
     )
 
 
