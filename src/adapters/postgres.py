@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -92,6 +92,11 @@ def check_reachable(env: dict[str, str]) -> None:
         )
 
 
+def _places(places: Iterable[tuple[UUID, int]]) -> str:
+    """(originator id, version) places as the JSON the joined statements read."""
+    return json.dumps([{"id": str(i), "v": v} for i, v in places])
+
+
 class PostgresBillingRecorder(_SerialisedCreateTable, PostgresApplicationRecorder):
     def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
         super().__init__(datastore, events_table_name=events_table_name)
@@ -119,16 +124,19 @@ class PostgresBillingRecorder(_SerialisedCreateTable, PostgresApplicationRecorde
         events = SQL("{}.{}").format(
             Identifier(self.datastore.schema), Identifier(events_table_name)
         )
-        self.newer_statement = SQL(
-            "SELECT DISTINCT e.originator_id FROM {events} e "
+        joined = (  # the events table joined to (originator id, version) places, as JSON
+            "SELECT {select} FROM {events} e "
             "JOIN json_to_recordset(%s::json) AS q(id uuid, v bigint) "
-            "ON e.originator_id = q.id AND e.originator_version > q.v"
-        ).format(events=events)
-        self.events_at_statement = SQL(
-            "SELECT e.originator_id, e.originator_version, e.topic, e.state FROM {events} e "
-            "JOIN json_to_recordset(%s::json) AS q(id uuid, v bigint) "
-            "ON e.originator_id = q.id AND e.originator_version = q.v"
-        ).format(events=events)
+            "ON e.originator_id = q.id AND e.originator_version {compare} q.v"
+        )
+        self.newer_statement = SQL(joined).format(
+            select=SQL("DISTINCT e.originator_id"), events=events, compare=SQL(">")
+        )
+        self.events_at_statement = SQL(joined).format(
+            select=SQL("e.originator_id, e.originator_version, e.topic, e.state"),
+            events=events,
+            compare=SQL("="),
+        )
         self.keys_of_statement = SQL(
             "SELECT * FROM {table} WHERE originator_id = ANY(%s::uuid[])"
         ).format(table=table)
@@ -181,10 +189,7 @@ class PostgresBillingRecorder(_SerialisedCreateTable, PostgresApplicationRecorde
         if not versions:
             return set()
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(
-                self.newer_statement,
-                [json.dumps([{"id": str(i), "v": v} for i, v in versions.items()])],
-            )
+            curs.execute(self.newer_statement, [_places(versions.items())])
             return {row["originator_id"] for row in curs.fetchall()}
 
     def events_at(self, places: Sequence[tuple[UUID, int]]) -> list[StoredEvent]:
@@ -192,10 +197,7 @@ class PostgresBillingRecorder(_SerialisedCreateTable, PostgresApplicationRecorde
         if not places:
             return []
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(
-                self.events_at_statement,
-                [json.dumps([{"id": str(i), "v": v} for i, v in places])],
-            )
+            curs.execute(self.events_at_statement, [_places(places)])
             return [
                 StoredEvent(
                     originator_id=row["originator_id"],

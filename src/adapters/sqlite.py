@@ -117,46 +117,40 @@ class SQLiteBillingRecorder(SQLiteApplicationRecorder):
             )
         return notification_ids
 
-    def newer_than(self, versions: dict[UUID, int]) -> set[UUID]:
-        """The aggregates, of those given with a version, that have events after it."""
-        newer: set[UUID] = set()
-        items = list(versions.items())
-        with self.datastore.transaction(commit=False) as c:
-            for start in range(0, len(items), 400):
-                chunk = items[start : start + 400]
-                c.execute(
-                    "WITH q(id, v) AS (VALUES " + ",".join(["(?, ?)"] * len(chunk)) + ") "
-                    f"SELECT DISTINCT e.originator_id FROM {self.events_table_name} e "
-                    "JOIN q ON e.originator_id = q.id AND e.originator_version > q.v",
-                    [x for i, v in chunk for x in (i.hex, v)],
-                )
-                newer.update(UUID(row["originator_id"]) for row in c.fetchall())
-        return newer
-
-    def events_at(self, places: Sequence[tuple[UUID, int]]) -> list[StoredEvent]:
-        """The stored events at these (originator id, version) places, in one read per 400."""
-        found: list[StoredEvent] = []
+    def _joined(self, select: str, compare: str, places: Sequence[tuple[UUID, int]]) -> list[Any]:
+        """Rows of the events table joined to (originator id, version) places, 400 a query:
+        `SELECT {select} ... ON e.originator_version {compare} q.v`."""
+        rows: list[Any] = []
         items = list(places)
         with self.datastore.transaction(commit=False) as c:
             for start in range(0, len(items), 400):
                 chunk = items[start : start + 400]
                 c.execute(
                     "WITH q(id, v) AS (VALUES " + ",".join(["(?, ?)"] * len(chunk)) + ") "
-                    "SELECT e.originator_id, e.originator_version, e.topic, e.state "
-                    f"FROM {self.events_table_name} e "
-                    "JOIN q ON e.originator_id = q.id AND e.originator_version = q.v",
+                    f"SELECT {select} FROM {self.events_table_name} e "
+                    f"JOIN q ON e.originator_id = q.id AND e.originator_version {compare} q.v",
                     [x for i, v in chunk for x in (i.hex, v)],
                 )
-                found += [
-                    StoredEvent(
-                        originator_id=UUID(row["originator_id"]),
-                        originator_version=row["originator_version"],
-                        topic=row["topic"],
-                        state=bytes(row["state"]),
-                    )
-                    for row in c.fetchall()
-                ]
-        return found
+                rows += c.fetchall()
+        return rows
+
+    def newer_than(self, versions: dict[UUID, int]) -> set[UUID]:
+        """The aggregates, of those given with a version, that have events after it."""
+        rows = self._joined("DISTINCT e.originator_id", ">", list(versions.items()))
+        return {UUID(row["originator_id"]) for row in rows}
+
+    def events_at(self, places: Sequence[tuple[UUID, int]]) -> list[StoredEvent]:
+        """The stored events at these (originator id, version) places, in one read per 400."""
+        select = "e.originator_id, e.originator_version, e.topic, e.state"
+        return [
+            StoredEvent(
+                originator_id=UUID(row["originator_id"]),
+                originator_version=row["originator_version"],
+                topic=row["topic"],
+                state=bytes(row["state"]),
+            )
+            for row in self._joined(select, "=", places)
+        ]
 
     def keys_of(self, originator_ids: Sequence[UUID]) -> list[KeyRow]:
         """Every key row pointing at these aggregates (the reconciliation's index check)."""
