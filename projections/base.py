@@ -63,6 +63,19 @@ class Projection:
         """Write the rows for (position, topic, event) triples, inside the caller's transaction."""
         raise NotImplementedError
 
+    def keep(self) -> bool:
+        """While `deferring`: start keeping the rows batches fold into in memory across
+        batches, written by `flush` at checkpoints instead of once per batch. False (the
+        default) when the projection cannot: each batch then writes all its rows."""
+        return False
+
+    def flush(self, cur: Cursor) -> None:
+        """Write the rows kept in memory as they stand, inside the caller's transaction (which
+        also moves the position): a checkpoint."""
+
+    def forget(self) -> None:
+        """Drop the rows kept in memory without writing them (their transaction rolled back)."""
+
     def settle(self, cur: Cursor, after: Any) -> Any:
         """Do one chunk of the work deferred while `deferring` (after the chunk key `after`,
         None at first), inside the caller's transaction; return the next chunk's key, or

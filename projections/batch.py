@@ -60,31 +60,35 @@ class BatchState:
     # Loading, once per batch ------------------------------------------------------------
 
     def load(self, events: Sequence[tuple[int, str, Any]]) -> None:
-        """Read every row these events need: one query per table."""
+        """Read every row these events need and this state does not hold yet: one query per
+        table (a state kept across batches, `keep`, reads only what earlier batches did not)."""
         t, cur = self.p.t, self.cur
         uuids = {
             e.originator_id.hex
             for _, topic, e in events
             if topic.startswith(PERIOD_EVENTS) and topic != "BillingPeriod.Opened"
         }
-        for row in cur.rows_in(t("periods"), ["period_uuid"], [[u] for u in uuids]):
+        missing = [[u] for u in uuids if u not in self.periods]
+        for row in cur.rows_in(t("periods"), ["period_uuid"], missing):
             self.periods[row["period_uuid"]] = row
-        for _, topic, e in events:
-            if topic == "BillingPeriod.Opened":
-                uuids.add(e.originator_id.hex)
         keys: set[tuple[str, str]] = {
-            (r["customer_id"], r["period"]) for r in self.periods.values()
+            (row["customer_id"], row["period"])
+            for row in (self.periods.get(u) for u in uuids)
+            if row is not None
         }
         keys |= {(e.customer_id, e.period) for _, t_, e in events if t_ == "BillingPeriod.Opened"}
-        for key in keys:
+        unread = [key for key in keys if key not in self.balances]
+        for key in unread:
             self.balances[key] = {}
-        for row in cur.rows_in(t("balances"), ["customer_id", "period"], keys):
+        for row in cur.rows_in(t("balances"), ["customer_id", "period"], unread):
             self.balances[(row["customer_id"], row["period"])][row["meter"]] = totals_from_row(row)
         corrected: set[tuple[str, str, str]] = set()
         for _, topic, e in events:
             period = self.periods.get(e.originator_id.hex)
             if topic == "BillingPeriod.UsageCompensated" and period is not None:
-                corrected.add((period["customer_id"], period["period"], e.event_id))
+                triple = (period["customer_id"], period["period"], e.event_id)
+                if triple not in self.compensated:
+                    corrected.add(triple)
         for triple in corrected:
             self.compensated[triple] = ZERO
         columns = ["customer_id", "period", "event_id"]
@@ -105,19 +109,54 @@ class BatchState:
     def _load_customers(self, events: Sequence[tuple[int, str, Any]], ids: set[str]) -> None:
         t, cur = self.p.t, self.cur
         uuids = {e.originator_id.hex for _, topic, e in events if topic == "Customer.Subscribed"}
-        rows = cur.rows_in(t("customers"), ["customer_id"], [[c] for c in ids])
-        rows += cur.rows_in(t("customers"), ["uuid"], [[u] for u in uuids])
+        unread = [[c] for c in ids if c not in self.customers]
+        rows = cur.rows_in(t("customers"), ["customer_id"], unread)
+        rows += cur.rows_in(t("customers"), ["uuid"], [[u] for u in uuids if u not in self.by_uuid])
         for row in rows:
             row["subscriptions"] = json.loads(row["subscriptions"])
             self.customers[row["customer_id"]] = row
             self.by_uuid[row["uuid"]] = row["customer_id"]
         for customer_id in ids:
             self.customers.setdefault(customer_id, None)
+        if self.p.deferring:  # no drafts priced, so no open periods to find
+            return
         subscribed = [[self.by_uuid[u]] for u in uuids if u in self.by_uuid]
         for row in cur.rows_in(
             t("periods"), ["customer_id"], subscribed, "customer_id, period", "status = 'open'"
         ):
             self.open_periods.setdefault(row["customer_id"], []).append(row["period"])
+
+    # Keeping state across batches ---------------------------------------------------------
+
+    def size(self) -> int:
+        """Rows held: what bounds the memory of a state kept across batches."""
+        return (
+            len(self.periods)
+            + len(self.balances)
+            + len(self.compensated)
+            + len(self.carried_ids)
+            + len(self.customers)
+        )
+
+    def next_batch(self, cur: Cursor) -> None:
+        """Drop what one batch wrote (its appended rows), keep the rows it folded into."""
+        self.cur = cur
+        self.deltas.clear()
+        self.received.clear()
+        self.carried.clear()
+        self.new_carried_ids.clear()
+        self.touched.clear()
+        self.open_periods.clear()
+        self.plans.clear()
+        self.issued.clear()
+
+    def written(self) -> None:
+        """The folded rows are in the store as they stand here: nothing is changed now."""
+        for row in self.periods.values():
+            row["dirty"] = False
+        self.changed_balances.clear()
+        self.changed_customers.clear()
+        self.changed_compensated.clear()
 
     # What the handlers ask for ---------------------------------------------------------------
 

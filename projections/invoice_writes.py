@@ -30,7 +30,16 @@ def upsert(p: Projection, table: str, keys: tuple[str, ...], update: tuple[str, 
     return f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}"
 
 
-def write_batch(p: Projection, b: BatchState) -> None:
+def write_batch(p: Projection, b: BatchState, *, folded: bool = True) -> None:
+    """Write what a batch changed. `folded=False` (a state kept across batches) writes only
+    the rows the batch appended; the rows it folded into wait for `write_folded`."""
+    if folded:
+        write_folded(p, b)
+    write_appended(p, b)
+
+
+def write_folded(p: Projection, b: BatchState) -> None:
+    """The rows events fold into (customers, periods, balances, compensated), those changed."""
     cur, t, cols = b.cur, p.t, p.columns
     customers = [
         (c["customer_id"], c["uuid"], c["currency"], dumps(c["subscriptions"]))
@@ -43,7 +52,6 @@ def write_batch(p: Projection, b: BatchState) -> None:
         customers,
         upsert(p, "customers", ("customer_id",), ("subscriptions",)),
     )
-    cur.write_rows(t("plans"), cols("plans"), b.plans)
     cur.write_rows(
         t("periods"),
         cols("periods"),
@@ -88,6 +96,18 @@ def write_batch(p: Projection, b: BatchState) -> None:
         ),
     )
     cur.write_rows(
+        t("compensated"),
+        cols("compensated"),
+        [(*key, str(b.compensated[key])) for key in sorted(b.changed_compensated)],
+        upsert(p, "compensated", ("customer_id", "period", "event_id"), ("quantity",)),
+    )
+
+
+def write_appended(p: Projection, b: BatchState) -> None:
+    """The rows a batch adds (plans, deltas, carried rows and ids, invoices), and drafts."""
+    cur, t, cols = b.cur, p.t, p.columns
+    cur.write_rows(t("plans"), cols("plans"), b.plans)
+    cur.write_rows(
         t("deltas"),
         cols("deltas"),
         [
@@ -116,12 +136,6 @@ def write_batch(p: Projection, b: BatchState) -> None:
         cols("carried_ids"),
         b.new_carried_ids,
         upsert(p, "carried_ids", ("customer_id", "period", "event_id"), ()),
-    )
-    cur.write_rows(
-        t("compensated"),
-        cols("compensated"),
-        [(*key, str(b.compensated[key])) for key in sorted(b.changed_compensated)],
-        upsert(p, "compensated", ("customer_id", "period", "event_id"), ("quantity",)),
     )
     invoices = {(r["invoice_id"], r["revision"]): r for r in b.issued}
     if not p.deferring:  # building a version: each open period is priced once, by settle

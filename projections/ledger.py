@@ -30,8 +30,10 @@ from billing_domain.verification import adjustment_hash, compensation_hash, usag
 from projections.base import Projection, dec, dumps, stamp
 from projections.batch import BILLED, LATE, BatchState
 from projections.diffs import invoice_changes
-from projections.invoice_writes import settle_drafts, write_batch
+from projections.invoice_writes import settle_drafts, write_batch, write_folded
 from projections.store import Cursor
+
+KEEP_ROWS = 200_000  # rows a build keeps in memory across batches before it starts afresh
 
 
 def _add_leaves(row: dict[str, Any], items: Iterable[int]) -> None:
@@ -71,6 +73,11 @@ class InvoicesProjection(Projection):
             "Plan.VersionPublished",
         }
     )
+
+    def __init__(self, version: int) -> None:
+        super().__init__(version)
+        self.keeping = False  # set by `keep`: rows folded into are kept across batches
+        self.kept: BatchState | None = None
 
     def tables(self) -> dict[str, str]:
         return {
@@ -133,7 +140,13 @@ class InvoicesProjection(Projection):
     # Applying events ------------------------------------------------------------------------
 
     def apply(self, cur: Cursor, events: Sequence[tuple[int, str, Any]]) -> None:
-        batch = BatchState(self, cur)
+        batch = self.kept
+        if batch is None:
+            batch = BatchState(self, cur)
+            if self.keeping:
+                self.kept = batch
+        else:
+            batch.next_batch(cur)
         batch.load(events)
         handlers = {
             "BillingPeriod.Opened": self._on_period_opened,
@@ -149,7 +162,25 @@ class InvoicesProjection(Projection):
         }
         for position, topic, event in events:
             handlers[topic](batch, position, event)
-        write_batch(self, batch)
+        write_batch(self, batch, folded=not self.keeping)
+
+    def keep(self) -> bool:
+        """While building: periods, balances, customers and compensations stay in memory
+        across batches and are written once per checkpoint (`flush`), not once per batch."""
+        self.keeping = True
+        return True
+
+    def flush(self, cur: Cursor) -> None:
+        if self.kept is None:
+            return
+        self.kept.cur = cur
+        write_folded(self, self.kept)
+        self.kept.written()
+        if self.kept.size() > KEEP_ROWS:  # memory bounded by rows held, not by the log
+            self.kept = None
+
+    def forget(self) -> None:
+        self.keeping, self.kept = False, None
 
     def settle(self, cur: Cursor, after: Any) -> Any:
         """Drafts deferred while building: every open period priced once, in chunks."""
@@ -191,6 +222,8 @@ class InvoicesProjection(Projection):
             }
         )
         b.changed_customers.add(customer_id)
+        if self.deferring:  # no drafts priced while building: none to mark
+            return
         for period in b.open_periods.get(customer_id, ()):
             if period >= e.effective_from:
                 b.touched.add((customer_id, period))

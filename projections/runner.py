@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,12 @@ BATCH_BYTES = 1_000_000
 BIG_BATCH = 10_000  # notifications per batch of a rebuild or of a catch-up from far behind
 BIG_BATCH_BYTES = 8_000_000
 FAR_BEHIND = 100  # batches behind the head from which a catch-up takes big batches
+# A build that keeps rows in memory commits them, with its position, at checkpoints: every
+# CHECKPOINT notifications or CHECKPOINT_SECONDS. On SQLite a checkpoint's transaction holds
+# the views file's one writer, so live projections wait for it: it is kept short there.
+CHECKPOINT = 200_000
+CHECKPOINT_SECONDS = 60.0
+SQLITE_CHECKPOINT_SECONDS = 2.0
 log = logging.getLogger(__name__)
 
 
@@ -58,6 +65,14 @@ register(SeriesProjection)
 
 class PositionMoved(Exception):
     """Another runner advanced this projection first; nothing of ours was committed."""
+
+
+class _KeptBatchFailed(Exception):
+    """A batch of a kept build raised: its checkpoint is rolled back (up to `last`)."""
+
+    def __init__(self, last: int) -> None:
+        super().__init__(last)
+        self.last = last
 
 
 @dataclass
@@ -274,6 +289,21 @@ class Runner:
             head = stop if stop is not None else int(self.app.recorder.max_notification_id() or 0)
             if head - position > FAR_BEHIND * self.batch_size:
                 cap = self.big_batch
+        if projection.deferring and projection.keep():
+            return self._apply_kept(version, projection, position, stop, progress, should_stop, cap)
+        return self._apply_each(version, projection, position, stop, progress, should_stop, cap)
+
+    def _apply_each(
+        self,
+        version: Version,
+        projection: Projection,
+        position: int,
+        stop: int | None,
+        progress: Callable[[int, int], None] | None,
+        should_stop: Callable[[], bool] | None,
+        cap: int,
+    ) -> int:
+        """A transaction per batch: its rows and the position move together."""
         for batch in self.notifications(position, stop, cap):
             decoded = self.decode(projection, batch)
             self.commit(version, projection, position, batch[-1].id, decoded)
@@ -283,6 +313,85 @@ class Runner:
             if should_stop is not None and should_stop():
                 break
         return position
+
+    def _apply_kept(
+        self,
+        version: Version,
+        projection: Projection,
+        position: int,
+        stop: int | None,
+        progress: Callable[[int, int], None] | None,
+        should_stop: Callable[[], bool] | None,
+        cap: int,
+    ) -> int:
+        """A build whose projection keeps its folded rows in memory (`Projection.keep`):
+        the batches of one checkpoint (CHECKPOINT notifications, or CHECKPOINT_SECONDS) go
+        in one transaction, each appending its rows and moving the position as usual, and
+        the kept rows are written once at its end (`flush`), so a crash rolls back to the
+        last checkpoint with rows and position together. A batch that raises rolls its
+        checkpoint back; those batches are then applied one transaction each, where the
+        event that fails is quarantined alone (`_apply`), and keeping resumes after it."""
+        batches = self.notifications(position, stop, cap)
+        seconds = CHECKPOINT_SECONDS if self.store.postgres else SQLITE_CHECKPOINT_SECONDS
+        while True:
+            start, done = position, True
+            projection.keep()
+            try:
+                with self.store.write() as cur:
+                    began, count = time.monotonic(), 0
+                    for batch in batches:
+                        decoded = self.decode(projection, batch)
+                        self._advance(cur, version, position, batch[-1].id)
+                        for notification, error in decoded.undecodable:
+                            self._quarantine(cur, version, notification, quarantine.DECODE, error)
+                        if decoded.events:
+                            try:
+                                projection.apply(cur, decoded.events)
+                            except Exception as error:
+                                if quarantine.store_failure(error):
+                                    raise
+                                raise _KeptBatchFailed(batch[-1].id) from error
+                        position, count = batch[-1].id, count + len(batch)
+                        if progress is not None:
+                            progress(position, sum(_weight(e) for _, _, e in decoded.events))
+                        if should_stop is not None and should_stop():
+                            break
+                        if count >= CHECKPOINT or time.monotonic() - began >= seconds:
+                            done = False
+                            break
+                    projection.flush(cur)
+            except _KeptBatchFailed as failed:
+                log.info(
+                    "%s: a batch failed while rows were kept (%s); applying notifications "
+                    "%s-%s a batch per transaction",
+                    version.key,
+                    failed.__cause__,
+                    start + 1,
+                    failed.last,
+                )
+                projection.forget()
+                position = self._apply_each(
+                    version, projection, start, failed.last, progress, should_stop, cap
+                )
+                if should_stop is not None and should_stop():
+                    return position
+                batches = self.notifications(position, stop, cap)
+                continue
+            except BaseException:
+                projection.forget()
+                raise
+            if done:
+                return position
+
+    def _advance(self, cur: Cursor, version: Version, before: int, after: int) -> None:
+        """Move the version's position with a compare-and-set: PositionMoved if another
+        runner moved it first."""
+        moved = cur.execute(
+            f"UPDATE {TRACKING} SET position = ? WHERE name = ? AND version = ? AND position = ?",
+            [after, version.name, version.version, before],
+        ).rowcount
+        if moved != 1:
+            raise PositionMoved(version.key)
 
     def decode(self, projection: Projection, batch: list[Notification]) -> Decoded:
         decoded = Decoded()
@@ -313,13 +422,7 @@ class Runner:
         decoded: Decoded,
     ) -> None:
         with self.store.write() as cur:
-            moved = cur.execute(
-                f"UPDATE {TRACKING} SET position = ? WHERE name = ? AND "
-                "version = ? AND position = ?",
-                [after, version.name, version.version, before],
-            ).rowcount
-            if moved != 1:
-                raise PositionMoved(version.key)
+            self._advance(cur, version, before, after)
             for notification, error in decoded.undecodable:
                 self._quarantine(cur, version, notification, quarantine.DECODE, error)
             if decoded.events:

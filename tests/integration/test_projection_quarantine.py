@@ -20,6 +20,7 @@ from api.cli import main as cli
 from api.http.app import create_app
 from billing_domain.ids import invoice_id
 from billing_domain.settings import Settings
+from projections import runner
 from projections.errors import StillQuarantined
 from projections.reconciliation import reconcile
 from tests import defects
@@ -158,6 +159,34 @@ def test_a_rebuild_quarantines_the_same_event_and_bills_the_rest(
     ]
     assert billed(services, "initech") == ("300", "3.00", "3.00")
     assert billed(services, "acme") == ("70", "0.70", "0.70")
+
+
+def test_a_build_keeping_rows_in_memory_quarantines_an_event_that_fails_alone(
+    services: Services, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build keeps folded rows in memory over several batches per checkpoint: an event whose
+    handler raises (usage of a period never opened) rolls its checkpoint back, those batches
+    are applied one transaction each, and it alone is set aside."""
+    models = services.read_models
+    for name in ("acme", "globex"):
+        customer(services.app, name)
+    services.app.record_usage([usage("a1", 50, at(2, month=11))])
+    services.app.record_usage([usage("g1", 100, at(3, month=11), customer_id="globex")])
+    record = [["x1", "nobody", "api_calls", "5", "2026-11-04T12:00:00Z", {}]]
+    defects.insert_usage(settings, "nobody", PERIOD, record, "2026-11-24T12:00:00Z", API_CALLS)
+    orphan = models.max_position()
+    services.app.record_usage([usage("a2", 20, at(6, month=11))])
+    services.app.record_usage([usage("g2", 7, at(7, month=11), customer_id="globex")])
+    models.runner.batch_size = models.runner.big_batch = 2
+    monkeypatch.setattr(runner, "CHECKPOINT", 100)
+    version = models.rebuilds.begin("invoices")
+    models.rebuilds.build(version)
+    models.rebuilds.switch(version)
+    assert models.runner.live("invoices").version == version.version
+    held = [(h["key"], h["notification_id"], h["stage"]) for h in models.quarantined("invoices")]
+    assert held == [(version.key, orphan, "apply")]
+    assert billed(services, "acme") == ("70", "0.70", "0.70")
+    assert billed(services, "globex") == ("107", "1.07", "1.07")
 
 
 def test_a_stored_event_that_does_not_decode_is_quarantined_as_schema_drift(

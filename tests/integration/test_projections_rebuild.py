@@ -16,9 +16,9 @@ from api.cli import main
 from billing_domain.ids import invoice_id
 from billing_domain.pricing import Charge
 from billing_domain.settings import Settings
-from projections import invoice_writes
+from projections import invoice_writes, ledger, runner
 from projections.ledger import InvoicesProjection
-from projections.runner import REGISTRY
+from projections.runner import REGISTRY, Version
 from tests.conftest import Clock
 from tests.integration.test_projections import a_month_of_business
 from tests.scenario import at, customer, usage
@@ -103,6 +103,91 @@ def test_a_build_stopped_early_stays_building_and_its_switch_prices_every_draft(
     models.rebuilds.switch(version)
     assert models.runner.live("invoices").version == version.version
     assert models.invoices(limit=1000)["items"] == before
+
+
+def every_row(services: Services, version: Version) -> dict[str, list[tuple[Any, ...]]]:
+    """Each table of an invoices version: its rows, sorted."""
+    models = services.read_models
+    projection = models.runner.projection(version)
+    with models.store.read() as cur:
+        return {
+            table: sorted(
+                tuple(row.values()) for row in cur.all(f"SELECT * FROM {projection.t(table)}")
+            )
+            for table in projection.tables()
+        }
+
+
+def build_in_small_steps(services: Services, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Rebuild batches of 2 notifications and a checkpoint every 5; returns a list that
+    collects the position of each checkpoint's flush."""
+    services.read_models.runner.batch_size = services.read_models.runner.big_batch = 2
+    monkeypatch.setattr(runner, "CHECKPOINT", 5)
+    flushed: list[int] = []
+    flush = InvoicesProjection.flush
+
+    def counted(self: InvoicesProjection, cur: Any) -> None:
+        flush(self, cur)
+        row = cur.one(
+            "SELECT position FROM projection_versions WHERE name = ? AND version = ?",
+            ["invoices", self.version],
+        )
+        flushed.append(int(row["position"]))
+
+    monkeypatch.setattr(InvoicesProjection, "flush", counted)
+    return flushed
+
+
+@pytest.mark.parametrize("keep_rows", [200_000, 1])
+def test_a_build_keeps_rows_across_batches_and_writes_every_table_as_the_live_view(
+    services: Services, clock: Clock, monkeypatch: pytest.MonkeyPatch, keep_rows: int
+) -> None:
+    """Balances, periods, customers and compensations stay in memory across a build's
+    batches and are written at checkpoints: every table ends as the live version's. Over
+    `KEEP_ROWS` rows held, a checkpoint starts afresh (reading rows again as needed)."""
+    monkeypatch.setattr(ledger, "KEEP_ROWS", keep_rows)
+    a_month_of_business(services, clock)
+    models = services.read_models
+    models.catch_up()
+    live = models.runner.live("invoices")
+    flushed = build_in_small_steps(services, monkeypatch)
+    version = models.rebuilds.begin("invoices")
+    models.rebuilds.build(version)
+    assert len(flushed) >= 3  # several checkpoints, each over several batches
+    assert every_row(services, version) == every_row(services, live)
+
+
+class Killed(BaseException):
+    """The process dies mid-checkpoint."""
+
+
+def test_a_build_killed_between_checkpoints_resumes_from_the_last_one_exactly(
+    services: Services, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a checkpoint's batches wrote is rolled back with their positions when the build
+    dies before the checkpoint commits; built again, the version is the live one's copy."""
+    a_month_of_business(services, clock)
+    models = services.read_models
+    models.catch_up()
+    live = models.runner.live("invoices")
+    head = models.max_position()
+    flushed = build_in_small_steps(services, monkeypatch)
+    version = models.rebuilds.begin("invoices")
+    seen: list[int] = []
+
+    def die_after_the_second_checkpoint(at: int, _: int) -> None:
+        seen.append(at)
+        if len(flushed) == 2 and at > flushed[-1] + 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        models.rebuilds.build(version, progress=die_after_the_second_checkpoint)
+    stored = next(v for v in models.runner.versions() if v.key == version.key)
+    assert stored.position == flushed[-1] < seen[-1] < head  # the last checkpoint, not later
+    rows = every_row(services, version)
+    assert rows["balances"] != every_row(services, live)["balances"]  # only part of the log
+    models.rebuilds.build(version)
+    assert every_row(services, version) == every_row(services, live)
 
 
 def test_a_new_rounding_rule_changes_exactly_the_drafts_it_should(
