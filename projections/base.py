@@ -6,7 +6,9 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from projections.store import Cursor
@@ -25,6 +27,8 @@ class Projection:
         # Set by the runner while it builds a version nobody reads yet: work whose result
         # only the newest state decides (an open period's draft, say) may wait for `settle`.
         self.deferring = False
+        # Set by `keep` while the runner applies many batches per checkpoint.
+        self.keeping = False
 
     @property
     def key(self) -> str:
@@ -109,8 +113,17 @@ def dec(text: str | None) -> Decimal:
 
 def stamp(moment: Any) -> str:
     """A fixed-width UTC time, so text comparison in SQL is time comparison."""
-    from datetime import UTC, datetime
-
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    if isinstance(moment, str):  # events of one commit share their receipt time: parsed once
+        return _stamp_text(moment)
     return str(moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+@lru_cache(maxsize=1024)
+def _stamp_text(moment: str) -> str:
+    return stamp(datetime.fromisoformat(moment.replace("Z", "+00:00")))
+
+
+def peaks_text(peaks: list[str]) -> str:
+    """A lineage tree's compact range (hex digests, which JSON never escapes) as `dumps`
+    writes it, without the encoder: one is written per billed event."""
+    return '["' + '","'.join(peaks) + '"]' if peaks else "[]"

@@ -39,7 +39,7 @@ class BatchState:
         self.p = projection
         self.cur = cur
         self.periods: dict[str, dict[str, Any]] = {}  # period uuid hex -> row
-        self.period_rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self.customer_periods: dict[str, list[dict[str, Any]]] = {}  # the same rows, by customer
         self.balances: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.changed_balances: set[tuple[str, str]] = set()
         self.deltas: dict[tuple[str, str, str, int, str], dict[str, Any]] = {}
@@ -70,7 +70,7 @@ class BatchState:
         }
         missing = [[u] for u in uuids if u not in self.periods]
         for row in cur.rows_in(t("periods"), ["period_uuid"], missing):
-            self.periods[row["period_uuid"]] = row
+            self.add_period(row)
         keys: set[tuple[str, str]] = {
             (row["customer_id"], row["period"])
             for row in (self.periods.get(u) for u in uuids)
@@ -139,26 +139,31 @@ class BatchState:
         )
 
     def next_batch(self, cur: Cursor) -> None:
-        """Drop what one batch wrote (its appended rows), keep the rows it folded into."""
+        """Drop what one batch wrote (its appended rows), keep the rows it folded into and
+        the periods whose drafts it touched."""
         self.cur = cur
         self.deltas.clear()
         self.received.clear()
         self.carried.clear()
         self.new_carried_ids.clear()
-        self.touched.clear()
         self.open_periods.clear()
         self.plans.clear()
         self.issued.clear()
 
     def written(self) -> None:
-        """The folded rows are in the store as they stand here: nothing is changed now."""
+        """The folded rows (and touched drafts) are in the store as they stand here."""
         for row in self.periods.values():
             row["dirty"] = False
         self.changed_balances.clear()
         self.changed_customers.clear()
         self.changed_compensated.clear()
+        self.touched.clear()
 
     # What the handlers ask for ---------------------------------------------------------------
+
+    def add_period(self, row: dict[str, Any]) -> None:
+        self.periods[row["period_uuid"]] = row
+        self.customer_periods.setdefault(row["customer_id"], []).append(row)
 
     def period(self, originator_id: Any) -> dict[str, Any]:
         row = self.periods.get(originator_id.hex)

@@ -122,7 +122,7 @@ def write_appended(p: Projection, b: BatchState) -> None:
                 d["field"],
                 str(d["sum"]),
                 d["count"],
-                dumps(d["values"]),
+                dumps(d["values"]) if d["values"] else "{}",
                 str(d["adjustment"]),
                 d.get("peaks", "[]"),
                 d["items"],
@@ -138,7 +138,9 @@ def write_appended(p: Projection, b: BatchState) -> None:
         upsert(p, "carried_ids", ("customer_id", "period", "event_id"), ()),
     )
     invoices = {(r["invoice_id"], r["revision"]): r for r in b.issued}
-    if not p.deferring:  # building a version: each open period is priced once, by settle
+    # Building a version: each open period is priced once, by settle. Keeping rows across
+    # batches: once per checkpoint, by the projection's flush.
+    if not p.deferring and not p.keeping:
         for row in drafts(p, b):
             invoices[(row["invoice_id"], row["revision"])] = row
     write_invoices(p, cur, list(invoices.values()))

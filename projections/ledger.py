@@ -27,10 +27,16 @@ from billing_domain.reducer import (
     usage_deltas,
 )
 from billing_domain.verification import adjustment_hash, compensation_hash, usage_hashes
-from projections.base import Projection, dec, dumps, stamp
+from projections.base import Projection, dec, dumps, peaks_text, stamp
 from projections.batch import BILLED, LATE, BatchState
 from projections.diffs import invoice_changes
-from projections.invoice_writes import settle_drafts, write_batch, write_folded
+from projections.invoice_writes import (
+    drafts,
+    settle_drafts,
+    write_batch,
+    write_folded,
+    write_invoices,
+)
 from projections.store import Cursor
 
 KEEP_ROWS = 200_000  # rows a build keeps in memory across batches before it starts afresh
@@ -43,7 +49,7 @@ def _add_leaves(row: dict[str, Any], items: Iterable[int]) -> None:
     if tree is None:
         tree = row["tree"] = json.loads(row["peaks"])
     row["items"], _ = grow(tree, int(row["items"]), 0, items)
-    row["peaks"], row["dirty"] = dumps(tree), True
+    row["peaks"], row["dirty"] = peaks_text(tree), True
 
 
 def _stamp_peaks(row: dict[str, Any], delta: dict[str, Any]) -> None:
@@ -76,7 +82,6 @@ class InvoicesProjection(Projection):
 
     def __init__(self, version: int) -> None:
         super().__init__(version)
-        self.keeping = False  # set by `keep`: rows folded into are kept across batches
         self.kept: BatchState | None = None
 
     def tables(self) -> dict[str, str]:
@@ -165,8 +170,10 @@ class InvoicesProjection(Projection):
         write_batch(self, batch, folded=not self.keeping)
 
     def keep(self) -> bool:
-        """While building: periods, balances, customers and compensations stay in memory
-        across batches and are written once per checkpoint (`flush`), not once per batch."""
+        """Periods, balances, customers and compensations stay in memory across batches and
+        are written once per checkpoint (`flush`), not once per batch; so are the drafts of
+        the open periods the batches touched (a version being built defers them further,
+        to `settle`)."""
         self.keeping = True
         return True
 
@@ -175,6 +182,8 @@ class InvoicesProjection(Projection):
             return
         self.kept.cur = cur
         write_folded(self, self.kept)
+        if not self.deferring:  # a live version: the touched periods' drafts, once each
+            write_invoices(self, cur, drafts(self, self.kept))
         self.kept.written()
         if self.kept.size() > KEEP_ROWS:  # memory bounded by rows held, not by the log
             self.kept = None
@@ -197,7 +206,7 @@ class InvoicesProjection(Projection):
             "items": 0,
             "dirty": True,
         }
-        b.periods[row["period_uuid"]] = row
+        b.add_period(row)
         b.balances.setdefault((e.customer_id, e.period), {})
         b.touched.add((e.customer_id, e.period))
 
@@ -227,8 +236,8 @@ class InvoicesProjection(Projection):
         for period in b.open_periods.get(customer_id, ()):
             if period >= e.effective_from:
                 b.touched.add((customer_id, period))
-        for row in b.periods.values():
-            if row["customer_id"] == customer_id and row["period"] >= e.effective_from:
+        for row in b.customer_periods.get(customer_id, ()):
+            if row["period"] >= e.effective_from:
                 b.touched.add((customer_id, row["period"]))
 
     def _on_plan_published(self, b: BatchState, position: int, e: Any) -> None:

@@ -44,9 +44,13 @@ FAR_BEHIND = 100  # batches behind the head from which a catch-up takes big batc
 # A build that keeps rows in memory commits them, with its position, at checkpoints: every
 # CHECKPOINT notifications or CHECKPOINT_SECONDS. On SQLite a checkpoint's transaction holds
 # the views file's one writer, so live projections wait for it: it is kept short there.
+# A live version keeps rows so only when more than KEEP_BEHIND batches behind, and commits
+# every LIVE_CHECKPOINT_SECONDS, so its readers see it move.
 CHECKPOINT = 200_000
 CHECKPOINT_SECONDS = 60.0
+LIVE_CHECKPOINT_SECONDS = 5.0
 SQLITE_CHECKPOINT_SECONDS = 2.0
+KEEP_BEHIND = 10
 log = logging.getLogger(__name__)
 
 
@@ -282,15 +286,22 @@ class Runner:
         should_stop: Callable[[], bool] | None,
         big: bool = False,
     ) -> int:
-        cap = self.batch_size
+        cap, behind = self.batch_size, 0
         if big:
             cap = max(cap, self.big_batch)
-        elif self.big_batch > cap:
+        else:
             head = stop if stop is not None else int(self.app.recorder.max_notification_id() or 0)
-            if head - position > FAR_BEHIND * self.batch_size:
-                cap = self.big_batch
-        if projection.deferring and projection.keep():
-            return self._apply_kept(version, projection, position, stop, progress, should_stop, cap)
+            behind = head - position
+            if behind > FAR_BEHIND * self.batch_size:
+                cap = max(cap, self.big_batch)
+        many = projection.deferring or behind > KEEP_BEHIND * self.batch_size
+        if many and projection.keep():
+            seconds = CHECKPOINT_SECONDS if projection.deferring else LIVE_CHECKPOINT_SECONDS
+            if not self.store.postgres:
+                seconds = min(seconds, SQLITE_CHECKPOINT_SECONDS)
+            return self._apply_kept(
+                version, projection, position, stop, progress, should_stop, cap, seconds
+            )
         return self._apply_each(version, projection, position, stop, progress, should_stop, cap)
 
     def _apply_each(
@@ -323,16 +334,16 @@ class Runner:
         progress: Callable[[int, int], None] | None,
         should_stop: Callable[[], bool] | None,
         cap: int,
+        seconds: float,
     ) -> int:
-        """A build whose projection keeps its folded rows in memory (`Projection.keep`):
-        the batches of one checkpoint (CHECKPOINT notifications, or CHECKPOINT_SECONDS) go
-        in one transaction, each appending its rows and moving the position as usual, and
-        the kept rows are written once at its end (`flush`), so a crash rolls back to the
-        last checkpoint with rows and position together. A batch that raises rolls its
+        """Many batches whose projection keeps its folded rows in memory (`Projection.keep`):
+        the batches of one checkpoint (CHECKPOINT notifications, or `seconds`) go in one
+        transaction, each appending its rows and moving the position as usual, and the kept
+        rows are written once at its end (`flush`), so a crash rolls back to the last
+        checkpoint with rows and position together. A batch or a flush that raises rolls its
         checkpoint back; those batches are then applied one transaction each, where the
         event that fails is quarantined alone (`_apply`), and keeping resumes after it."""
         batches = self.notifications(position, stop, cap)
-        seconds = CHECKPOINT_SECONDS if self.store.postgres else SQLITE_CHECKPOINT_SECONDS
         while True:
             start, done = position, True
             projection.keep()
@@ -359,7 +370,12 @@ class Runner:
                         if count >= CHECKPOINT or time.monotonic() - began >= seconds:
                             done = False
                             break
-                    projection.flush(cur)
+                    try:
+                        projection.flush(cur)
+                    except Exception as error:  # a draft that cannot be priced, say
+                        if quarantine.store_failure(error):
+                            raise
+                        raise _KeptBatchFailed(position) from error
             except _KeptBatchFailed as failed:
                 log.info(
                     "%s: a batch failed while rows were kept (%s); applying notifications "

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -187,6 +188,46 @@ def test_a_build_keeping_rows_in_memory_quarantines_an_event_that_fails_alone(
     assert held == [(version.key, orphan, "apply")]
     assert billed(services, "acme") == ("70", "0.70", "0.70")
     assert billed(services, "globex") == ("107", "1.07", "1.07")
+
+
+def test_a_live_version_far_behind_keeps_rows_and_still_sets_a_poison_quantity_aside(
+    services: Services, settings: Settings
+) -> None:
+    """Far behind, a live version keeps rows in memory and prices drafts once per checkpoint;
+    the poison quantity fails there, not in a batch: the checkpoint rolls back, its batches
+    are applied one transaction each, and only the poison event is set aside."""
+    poison = poison_between_good_events(services, settings)
+    for n in range(30):
+        services.app.record_usage([usage(f"g{n + 2}", 1, at(7, month=11), customer_id="globex")])
+    models = services.read_models
+    models.runner.batch_size = 2  # 30 notifications behind: more than KEEP_BEHIND batches
+    keeps: list[bool] = []
+    models.runner.projection = _watching(models.runner.projection, keeps)
+    models.catch_up()
+    assert True in keeps
+    held = [(h["key"], h["notification_id"]) for h in models.quarantined("invoices")]
+    assert held == [("invoices_v1", poison)]
+    assert billed(services, "initech") == ("300", "3.00", "3.00")
+    assert billed(services, "acme") == ("70", "0.70", "0.70")
+    assert billed(services, "globex") == ("130", "1.30", "1.30")
+
+
+def _watching(make: Any, keeps: list[bool]) -> Any:
+    """The runner's projection factory, noting whether the invoices projection kept rows."""
+
+    def made(version: Any) -> Any:
+        projection = make(version)
+        if version.name == "invoices":
+            keep = projection.keep
+
+            def noted() -> bool:
+                keeps.append(keep())
+                return keeps[-1]
+
+            projection.keep = noted
+        return projection
+
+    return made
 
 
 def test_a_stored_event_that_does_not_decode_is_quarantined_as_schema_drift(

@@ -1,4 +1,4 @@
-"""The ingest hot path's shortcuts give exactly what the general code gives.
+"""The hot paths' shortcuts (ingest, projections) give exactly what the general code gives.
 
 Each shortcut (canonical JSON of flat properties, plain identifiers, plain decimals) is held
 to the general path over generated inputs, including the characters JSON escapes and the
@@ -22,6 +22,7 @@ from api.http.usage import _usage_input, usage_item
 from billing_domain import bounds
 from billing_domain.errors import InvalidInput
 from billing_domain.usage import _part, canonical_json
+from projections.base import dumps, peaks_text, stamp
 
 TEXT = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",))
@@ -229,3 +230,15 @@ def test_a_typical_batch_item_skips_the_model_and_a_bad_one_names_its_field() ->
         }
     )
     assert fast == model and fast[0] == "refused" and '"quantity"' in fast[1]
+
+
+@given(st.lists(st.binary(min_size=32, max_size=32).map(bytes.hex), max_size=40))
+def test_a_lineage_range_is_written_as_the_json_encoder_writes_it(peaks: list[str]) -> None:
+    assert peaks_text(peaks) == dumps(peaks)
+    assert json.loads(peaks_text(peaks)) == peaks
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_a_receipt_time_in_text_stamps_as_the_time_itself(moment: Any) -> None:
+    text = moment.isoformat().replace("+00:00", "Z")
+    assert stamp(text) == stamp(moment) == stamp(text)  # the second from the cache
