@@ -75,7 +75,13 @@ class Projection:
 
     def flush(self, cur: Cursor) -> None:
         """Write the rows kept in memory as they stand, inside the caller's transaction (which
-        also moves the position): a checkpoint."""
+        also moves the position), and drop them: a checkpoint. They are never kept past it:
+        between transactions another process may change them (a quarantine retry does,
+        without moving the position)."""
+
+    def holding(self) -> int:
+        """Rows kept in memory now: the runner ends a checkpoint early above KEEP_ROWS."""
+        return 0
 
     def forget(self) -> None:
         """Drop the rows kept in memory without writing them (their transaction rolled back)."""

@@ -150,15 +150,6 @@ class BatchState:
         self.plans.clear()
         self.issued.clear()
 
-    def written(self) -> None:
-        """The folded rows (and touched drafts) are in the store as they stand here."""
-        for row in self.periods.values():
-            row["dirty"] = False
-        self.changed_balances.clear()
-        self.changed_customers.clear()
-        self.changed_compensated.clear()
-        self.touched.clear()
-
     # What the handlers ask for ---------------------------------------------------------------
 
     def add_period(self, row: dict[str, Any]) -> None:

@@ -39,8 +39,6 @@ from projections.invoice_writes import (
 )
 from projections.store import Cursor
 
-KEEP_ROWS = 200_000  # rows a build keeps in memory across batches before it starts afresh
-
 
 def _add_leaves(row: dict[str, Any], items: Iterable[int]) -> None:
     """Append billed items to the period row's lineage tree (its compact range); the tree is
@@ -184,9 +182,10 @@ class InvoicesProjection(Projection):
         write_folded(self, self.kept)
         if not self.deferring:  # a live version: the touched periods' drafts, once each
             write_invoices(self, cur, drafts(self, self.kept))
-        self.kept.written()
-        if self.kept.size() > KEEP_ROWS:  # memory bounded by rows held, not by the log
-            self.kept = None
+        self.kept = None  # read again next checkpoint, after taking the position's row
+
+    def holding(self) -> int:
+        return 0 if self.kept is None else self.kept.size()
 
     def forget(self) -> None:
         self.keeping, self.kept = False, None

@@ -51,6 +51,7 @@ CHECKPOINT_SECONDS = 60.0
 LIVE_CHECKPOINT_SECONDS = 5.0
 SQLITE_CHECKPOINT_SECONDS = 2.0
 KEEP_BEHIND = 10
+KEEP_ROWS = 200_000  # rows kept in memory past which a checkpoint ends early
 log = logging.getLogger(__name__)
 
 
@@ -343,6 +344,24 @@ class Runner:
         checkpoint with rows and position together. A batch or a flush that raises rolls its
         checkpoint back; those batches are then applied one transaction each, where the
         event that fails is quarantined alone (`_apply`), and keeping resumes after it."""
+        try:
+            return self._checkpoints(
+                version, projection, position, stop, progress, should_stop, cap, seconds
+            )
+        finally:
+            projection.forget()
+
+    def _checkpoints(
+        self,
+        version: Version,
+        projection: Projection,
+        position: int,
+        stop: int | None,
+        progress: Callable[[int, int], None] | None,
+        should_stop: Callable[[], bool] | None,
+        cap: int,
+        seconds: float,
+    ) -> int:
         batches = self.notifications(position, stop, cap)
         while True:
             start, done = position, True
@@ -367,7 +386,11 @@ class Runner:
                             progress(position, sum(_weight(e) for _, _, e in decoded.events))
                         if should_stop is not None and should_stop():
                             break
-                        if count >= CHECKPOINT or time.monotonic() - began >= seconds:
+                        if (
+                            count >= CHECKPOINT
+                            or time.monotonic() - began >= seconds
+                            or projection.holding() > KEEP_ROWS
+                        ):
                             done = False
                             break
                     try:
@@ -393,9 +416,6 @@ class Runner:
                     return position
                 batches = self.notifications(position, stop, cap)
                 continue
-            except BaseException:
-                projection.forget()
-                raise
             if done:
                 return position
 

@@ -16,7 +16,7 @@ from api.cli import main
 from billing_domain.ids import invoice_id
 from billing_domain.pricing import Charge
 from billing_domain.settings import Settings
-from projections import invoice_writes, ledger, runner
+from projections import invoice_writes, runner
 from projections.ledger import InvoicesProjection
 from projections.runner import REGISTRY, Version
 from tests.conftest import Clock
@@ -144,8 +144,8 @@ def test_a_build_keeps_rows_across_batches_and_writes_every_table_as_the_live_vi
 ) -> None:
     """Balances, periods, customers and compensations stay in memory across a build's
     batches and are written at checkpoints: every table ends as the live version's. Over
-    `KEEP_ROWS` rows held, a checkpoint starts afresh (reading rows again as needed)."""
-    monkeypatch.setattr(ledger, "KEEP_ROWS", keep_rows)
+    `KEEP_ROWS` rows held, a checkpoint ends early."""
+    monkeypatch.setattr(runner, "KEEP_ROWS", keep_rows)
     a_month_of_business(services, clock)
     models = services.read_models
     models.catch_up()
