@@ -44,13 +44,13 @@ FAR_BEHIND = 100  # batches behind the head from which a catch-up takes big batc
 # A build that keeps rows in memory commits them, with its position, at checkpoints: every
 # CHECKPOINT notifications or CHECKPOINT_SECONDS. On SQLite a checkpoint's transaction holds
 # the views file's one writer, so live projections wait for it: it is kept short there.
-# A live version keeps rows so only when more than KEEP_BEHIND batches behind, and commits
-# every LIVE_CHECKPOINT_SECONDS, so its readers see it move.
+# A live version keeps rows so only when more than KEEP_BEHIND notifications behind (or
+# taking big batches), and commits every LIVE_CHECKPOINT_SECONDS, so its readers see it move.
 CHECKPOINT = 200_000
 CHECKPOINT_SECONDS = 60.0
 LIVE_CHECKPOINT_SECONDS = 5.0
 SQLITE_CHECKPOINT_SECONDS = 2.0
-KEEP_BEHIND = 10
+KEEP_BEHIND = 10_000
 KEEP_ROWS = 200_000  # rows kept in memory past which a checkpoint ends early
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,9 @@ class Runner:
             behind = head - position
             if behind > FAR_BEHIND * self.batch_size:
                 cap = max(cap, self.big_batch)
-        many = projection.deferring or behind > KEEP_BEHIND * self.batch_size
+        # Many batches to go (a build, or far behind): keep rows across batches where the
+        # projection can. Following the head, each batch is written as it comes.
+        many = projection.deferring or behind > KEEP_BEHIND or cap > self.batch_size
         if many and projection.keep():
             seconds = CHECKPOINT_SECONDS if projection.deferring else LIVE_CHECKPOINT_SECONDS
             if not self.store.postgres:
