@@ -105,6 +105,24 @@ class Decoded:
     undecodable: list[tuple[Notification, Exception]] = field(default_factory=list)
 
 
+@dataclass
+class _Pass:
+    """One catch-up's settings, shared by the ways it applies batches."""
+
+    version: Version
+    projection: Projection
+    progress: Callable[[int, int], None] | None
+    should_stop: Callable[[], bool] | None
+    cap: int
+
+    def report(self, position: int, decoded: Decoded) -> None:
+        if self.progress is not None:
+            self.progress(position, sum(_weight(e) for _, _, e in decoded.events))
+
+    def stopped(self) -> bool:
+        return self.should_stop is not None and self.should_stop()
+
+
 def topic_name(topic: str) -> str:
     return topic.rpartition(":")[2]
 
@@ -297,6 +315,7 @@ class Runner:
             behind = head - position
             if behind > FAR_BEHIND * self.batch_size:
                 cap = max(cap, self.big_batch)
+        run = _Pass(version, projection, progress, should_stop, cap)
         # Many batches to go (a build, or far behind): keep rows across batches where the
         # projection can. Following the head, each batch is written as it comes.
         many = projection.deferring or behind > KEEP_BEHIND or cap > self.batch_size
@@ -304,44 +323,22 @@ class Runner:
             seconds = CHECKPOINT_SECONDS if projection.deferring else LIVE_CHECKPOINT_SECONDS
             if not self.store.postgres:
                 seconds = min(seconds, SQLITE_CHECKPOINT_SECONDS)
-            return self._apply_kept(
-                version, projection, position, stop, progress, should_stop, cap, seconds
-            )
-        return self._apply_each(version, projection, position, stop, progress, should_stop, cap)
+            return self._apply_kept(run, position, stop, seconds)
+        return self._apply_each(run, position, stop)
 
-    def _apply_each(
-        self,
-        version: Version,
-        projection: Projection,
-        position: int,
-        stop: int | None,
-        progress: Callable[[int, int], None] | None,
-        should_stop: Callable[[], bool] | None,
-        cap: int,
-    ) -> int:
+    def _apply_each(self, run: _Pass, position: int, stop: int | None) -> int:
         """A transaction per batch: its rows and the position move together."""
-        for batch in self.notifications(position, stop, cap):
+        for batch in self.notifications(position, stop, run.cap):
             with gc_paused():
-                decoded = self.decode(projection, batch)
-                self.commit(version, projection, position, batch[-1].id, decoded)
+                decoded = self.decode(run.projection, batch)
+                self.commit(run.version, run.projection, position, batch[-1].id, decoded)
             position = batch[-1].id
-            if progress is not None:
-                progress(position, sum(_weight(e) for _, _, e in decoded.events))
-            if should_stop is not None and should_stop():
+            run.report(position, decoded)
+            if run.stopped():
                 break
         return position
 
-    def _apply_kept(
-        self,
-        version: Version,
-        projection: Projection,
-        position: int,
-        stop: int | None,
-        progress: Callable[[int, int], None] | None,
-        should_stop: Callable[[], bool] | None,
-        cap: int,
-        seconds: float,
-    ) -> int:
+    def _apply_kept(self, run: _Pass, position: int, stop: int | None, seconds: float) -> int:
         """Many batches whose projection keeps its folded rows in memory (`Projection.keep`):
         the batches of one checkpoint (CHECKPOINT notifications, or `seconds`) go in one
         transaction, each appending its rows and moving the position as usual, and the kept
@@ -349,80 +346,75 @@ class Runner:
         checkpoint with rows and position together. A batch or a flush that raises rolls its
         checkpoint back; those batches are then applied one transaction each, where the
         event that fails is quarantined alone (`_apply`), and keeping resumes after it."""
+        batches = self.notifications(position, stop, run.cap)
         try:
-            return self._checkpoints(
-                version, projection, position, stop, progress, should_stop, cap, seconds
-            )
+            while True:
+                start = position
+                run.projection.keep()
+                try:
+                    position, done = self._checkpoint(run, position, batches, seconds)
+                except _KeptBatchFailed as failed:
+                    log.info(
+                        "%s: a batch failed while rows were kept (%s); applying notifications "
+                        "%s-%s a batch per transaction",
+                        run.version.key,
+                        failed.__cause__,
+                        start + 1,
+                        failed.last,
+                    )
+                    run.projection.forget()
+                    position = self._apply_each(run, start, failed.last)
+                    if run.stopped():
+                        return position
+                    batches = self.notifications(position, stop, run.cap)
+                    continue
+                if done:
+                    return position
         finally:
-            projection.forget()
+            run.projection.forget()
 
-    def _checkpoints(
-        self,
-        version: Version,
-        projection: Projection,
-        position: int,
-        stop: int | None,
-        progress: Callable[[int, int], None] | None,
-        should_stop: Callable[[], bool] | None,
-        cap: int,
-        seconds: float,
-    ) -> int:
-        batches = self.notifications(position, stop, cap)
-        while True:
-            start, done = position, True
-            projection.keep()
-            try:
-                with gc_paused(), self.store.write() as cur:
-                    began, count = time.monotonic(), 0
-                    for batch in batches:
-                        decoded = self.decode(projection, batch)
-                        self._advance(cur, version, position, batch[-1].id)
-                        for notification, error in decoded.undecodable:
-                            self._quarantine(cur, version, notification, quarantine.DECODE, error)
-                        if decoded.events:
-                            try:
-                                projection.apply(cur, decoded.events)
-                            except Exception as error:
-                                if quarantine.store_failure(error):
-                                    raise
-                                raise _KeptBatchFailed(batch[-1].id) from error
-                        position, count = batch[-1].id, count + len(batch)
-                        if progress is not None:
-                            progress(position, sum(_weight(e) for _, _, e in decoded.events))
-                        if should_stop is not None and should_stop():
-                            break
-                        if (
-                            count >= CHECKPOINT
-                            or time.monotonic() - began >= seconds
-                            or projection.holding() > KEEP_ROWS
-                        ):
-                            done = False
-                            break
+    def _checkpoint(
+        self, run: _Pass, position: int, batches: Iterator[list[Notification]], seconds: float
+    ) -> tuple[int, bool]:
+        """One checkpoint's transaction: batches until its bounds, then `flush`. Returns the
+        position and whether nothing is left to do (the log's end, or asked to stop)."""
+        projection = run.projection
+        with gc_paused(), self.store.write() as cur:
+            began, count = time.monotonic(), 0
+            for batch in batches:
+                decoded = self.decode(projection, batch)
+                self._advance(cur, run.version, position, batch[-1].id)
+                for notification, error in decoded.undecodable:
+                    self._quarantine(cur, run.version, notification, quarantine.DECODE, error)
+                if decoded.events:
                     try:
-                        projection.flush(cur)
-                    except Exception as error:  # a draft that cannot be priced, say
+                        projection.apply(cur, decoded.events)
+                    except Exception as error:
                         if quarantine.store_failure(error):
                             raise
-                        raise _KeptBatchFailed(position) from error
-            except _KeptBatchFailed as failed:
-                log.info(
-                    "%s: a batch failed while rows were kept (%s); applying notifications "
-                    "%s-%s a batch per transaction",
-                    version.key,
-                    failed.__cause__,
-                    start + 1,
-                    failed.last,
-                )
-                projection.forget()
-                position = self._apply_each(
-                    version, projection, start, failed.last, progress, should_stop, cap
-                )
-                if should_stop is not None and should_stop():
-                    return position
-                batches = self.notifications(position, stop, cap)
-                continue
-            if done:
-                return position
+                        raise _KeptBatchFailed(batch[-1].id) from error
+                position, count = batch[-1].id, count + len(batch)
+                run.report(position, decoded)
+                if run.stopped():
+                    break
+                if (
+                    count >= CHECKPOINT
+                    or time.monotonic() - began >= seconds
+                    or projection.holding() > KEEP_ROWS
+                ):
+                    self._flush(projection, cur, position)
+                    return position, False
+            self._flush(projection, cur, position)
+            return position, True
+
+    @staticmethod
+    def _flush(projection: Projection, cur: Cursor, position: int) -> None:
+        try:
+            projection.flush(cur)
+        except Exception as error:  # a draft that cannot be priced, say
+            if quarantine.store_failure(error):
+                raise
+            raise _KeptBatchFailed(position) from error
 
     def _advance(self, cur: Cursor, version: Version, before: int, after: int) -> None:
         """Move the version's position with a compare-and-set: PositionMoved if another
