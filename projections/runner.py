@@ -379,20 +379,21 @@ class Runner:
         """One checkpoint's transaction: batches until its bounds, then `flush`. Returns the
         position and whether nothing is left to do (the log's end, or asked to stop)."""
         projection = run.projection
-        with gc_paused(), self.store.write() as cur:
+        with self.store.write() as cur:
             began, count = time.monotonic(), 0
             for batch in batches:
-                decoded = self.decode(projection, batch)
-                self._advance(cur, run.version, position, batch[-1].id)
-                for notification, error in decoded.undecodable:
-                    self._quarantine(cur, run.version, notification, quarantine.DECODE, error)
-                if decoded.events:
-                    try:
-                        projection.apply(cur, decoded.events)
-                    except Exception as error:
-                        if quarantine.store_failure(error):
-                            raise
-                        raise _KeptBatchFailed(batch[-1].id) from error
+                with gc_paused():  # a batch at a time: other threads' garbage waits no longer
+                    decoded = self.decode(projection, batch)
+                    self._advance(cur, run.version, position, batch[-1].id)
+                    for notification, error in decoded.undecodable:
+                        self._quarantine(cur, run.version, notification, quarantine.DECODE, error)
+                    if decoded.events:
+                        try:
+                            projection.apply(cur, decoded.events)
+                        except Exception as error:
+                            if quarantine.store_failure(error):
+                                raise
+                            raise _KeptBatchFailed(batch[-1].id) from error
                 position, count = batch[-1].id, count + len(batch)
                 run.report(position, decoded)
                 if run.stopped():
@@ -410,7 +411,8 @@ class Runner:
     @staticmethod
     def _flush(projection: Projection, cur: Cursor, position: int) -> None:
         try:
-            projection.flush(cur)
+            with gc_paused():
+                projection.flush(cur)
         except Exception as error:  # a draft that cannot be priced, say
             if quarantine.store_failure(error):
                 raise
@@ -579,12 +581,13 @@ _gc_was_enabled = False
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
-    """Python's cycle collector off while a batch or a checkpoint is decoded and applied.
-    Those allocate an object per event and per row, and keep many alive (a checkpoint's
-    kept rows): each automatic collection walks them all, about a third of a rebuild's time
-    with it on. Nothing they build needs it (their garbage has no cycles and goes by
-    reference counting); what any thread leaves in cycles meanwhile is collected when the
-    last pause ends. Pauses from several threads nest."""
+    """Python's cycle collector off while a batch is decoded and applied (or a checkpoint
+    flushed, or a settle chunk priced). Those allocate an object per event and per row, and
+    keep many alive (a checkpoint's kept rows): each automatic collection walks them all,
+    about a third of a rebuild's time with it on. Nothing they build needs it (their
+    garbage has no cycles and goes by reference counting); what any thread leaves in cycles
+    meanwhile is collected after the last pause ends, a batch later at most. Pauses from
+    several threads nest."""
     global _gc_pauses, _gc_was_enabled
     with _gc_guard:
         if _gc_pauses == 0:
