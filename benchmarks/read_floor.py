@@ -1,8 +1,9 @@
 """What reading and decoding the log costs per stored event, before any projection work.
 
 A projection's catch-up or rebuild reads the log's notifications through the library's
-recorder and decodes each stored event into a domain event (`projections.runner.decode_direct`)
-before a handler sees it. This times those two steps alone over a store of one record per
+recorder and decodes each stored event into a domain event (`projections.runner.decode_direct`,
+a batch at a time with the cycle collector paused, as the runner does) before a handler sees
+it. This times those two steps alone over a store of one record per
 stored event (`projection_realistic`'s `spread` shape: `--customers` customers, `--records`
 records, ingested through the application; or an existing store, `--url`), beside:
 
@@ -29,7 +30,7 @@ from benchmarks.baseline_copy import measure_copy_baseline
 from benchmarks.common import log, median_of, print_report, scratch_store
 from benchmarks.projection_realistic import NOW, Usage, ingest, setup
 from billing_domain.settings import Settings
-from projections.runner import decode_direct
+from projections.runner import decode_direct, gc_paused
 
 PAGE = 10_000  # notifications per read, as a rebuild's batches
 
@@ -60,7 +61,10 @@ def measure(url: str) -> dict[str, float]:
             after = page[-1].id
         recorder_s = time.perf_counter() - began
         began = time.perf_counter()
-        events = [decode_direct(n) for n in notifications]
+        events = []
+        for start in range(0, len(notifications), PAGE):  # a batch at a time, as the runner
+            with gc_paused():
+                events += [decode_direct(n) for n in notifications[start : start + PAGE]]
         decode_s = time.perf_counter() - began
         assert all(e is not None for e in events)
         began = time.perf_counter()
