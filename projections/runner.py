@@ -225,7 +225,10 @@ class Runner:
         max_bytes = min(BATCH_BYTES * max(1, cap // self.batch_size), BIG_BATCH_BYTES)
         limit = min(cap, 10)
         while True:
-            batch = self.app.recorder.select_notifications(start=after + 1, limit=limit, stop=stop)
+            with gc_paused():  # an object per notification: no collection walks them
+                batch = self.app.recorder.select_notifications(
+                    start=after + 1, limit=limit, stop=stop
+                )
             if not batch:
                 return
             yield list(batch)
