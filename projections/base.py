@@ -68,9 +68,10 @@ class Projection:
         raise NotImplementedError
 
     def keep(self) -> bool:
-        """While `deferring`: start keeping the rows batches fold into in memory across
-        batches, written by `flush` at checkpoints instead of once per batch. False (the
-        default) when the projection cannot: each batch then writes all its rows."""
+        """With many batches to go (a build, or a live version far behind): start keeping
+        the rows batches fold into in memory across batches, written by `flush` at
+        checkpoints instead of once per batch. False (the default) when the projection
+        cannot: each batch then writes all its rows."""
         return False
 
     def flush(self, cur: Cursor) -> None:

@@ -30,10 +30,10 @@ def upsert(p: Projection, table: str, keys: tuple[str, ...], update: tuple[str, 
     return f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}"
 
 
-def write_batch(p: Projection, b: BatchState, *, folded: bool = True) -> None:
-    """Write what a batch changed. `folded=False` (a state kept across batches) writes only
-    the rows the batch appended; the rows it folded into wait for `write_folded`."""
-    if folded:
+def write_batch(p: Projection, b: BatchState) -> None:
+    """Write what a batch changed. A projection keeping rows across batches (`keeping`)
+    writes only the rows the batch appended; the rows it folded into wait for its flush."""
+    if not p.keeping:
         write_folded(p, b)
     write_appended(p, b)
 

@@ -165,7 +165,7 @@ class InvoicesProjection(Projection):
         }
         for position, topic, event in events:
             handlers[topic](batch, position, event)
-        write_batch(self, batch, folded=not self.keeping)
+        write_batch(self, batch)
 
     def keep(self) -> bool:
         """Periods, balances, customers and compensations stay in memory across batches and

@@ -387,9 +387,7 @@ class Runner:
             for batch in batches:
                 with gc_paused():  # a batch at a time: other threads' garbage waits no longer
                     decoded = self.decode(projection, batch)
-                    self._advance(cur, run.version, position, batch[-1].id)
-                    for notification, error in decoded.undecodable:
-                        self._quarantine(cur, run.version, notification, quarantine.DECODE, error)
+                    self._advance(cur, run.version, position, batch[-1].id, decoded)
                     if decoded.events:
                         try:
                             projection.apply(cur, decoded.events)
@@ -421,15 +419,19 @@ class Runner:
                 raise
             raise _KeptBatchFailed(position) from error
 
-    def _advance(self, cur: Cursor, version: Version, before: int, after: int) -> None:
-        """Move the version's position with a compare-and-set: PositionMoved if another
-        runner moved it first."""
+    def _advance(
+        self, cur: Cursor, version: Version, before: int, after: int, decoded: Decoded
+    ) -> None:
+        """Move the version's position past a batch with a compare-and-set (PositionMoved if
+        another runner moved it first), and set aside what of it did not decode."""
         moved = cur.execute(
             f"UPDATE {TRACKING} SET position = ? WHERE name = ? AND version = ? AND position = ?",
             [after, version.name, version.version, before],
         ).rowcount
         if moved != 1:
             raise PositionMoved(version.key)
+        for notification, error in decoded.undecodable:
+            self._quarantine(cur, version, notification, quarantine.DECODE, error)
 
     def decode(self, projection: Projection, batch: list[Notification]) -> Decoded:
         decoded = Decoded()
@@ -460,9 +462,7 @@ class Runner:
         decoded: Decoded,
     ) -> None:
         with self.store.write() as cur:
-            self._advance(cur, version, before, after)
-            for notification, error in decoded.undecodable:
-                self._quarantine(cur, version, notification, quarantine.DECODE, error)
+            self._advance(cur, version, before, after, decoded)
             if decoded.events:
                 self._apply(cur, version, projection, decoded)
 

@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -23,6 +22,7 @@ from billing_domain.ids import invoice_id
 from billing_domain.settings import Settings
 from projections import runner
 from projections.errors import StillQuarantined
+from projections.ledger import InvoicesProjection
 from projections.reconciliation import reconcile
 from tests import defects
 from tests.api_support import ADMIN
@@ -203,7 +203,13 @@ def test_a_live_version_far_behind_keeps_rows_and_still_sets_a_poison_quantity_a
     models.runner.batch_size = 2
     monkeypatch.setattr(runner, "KEEP_BEHIND", 20)  # 30 notifications behind
     keeps: list[bool] = []
-    models.runner.projection = _watching(models.runner.projection, keeps)
+    keep = InvoicesProjection.keep
+
+    def noted(self: InvoicesProjection) -> bool:
+        keeps.append(keep(self))
+        return keeps[-1]
+
+    monkeypatch.setattr(InvoicesProjection, "keep", noted)
     models.catch_up()
     assert True in keeps
     held = [(h["key"], h["notification_id"]) for h in models.quarantined("invoices")]
@@ -211,24 +217,6 @@ def test_a_live_version_far_behind_keeps_rows_and_still_sets_a_poison_quantity_a
     assert billed(services, "initech") == ("300", "3.00", "3.00")
     assert billed(services, "acme") == ("70", "0.70", "0.70")
     assert billed(services, "globex") == ("130", "1.30", "1.30")
-
-
-def _watching(make: Any, keeps: list[bool]) -> Any:
-    """The runner's projection factory, noting whether the invoices projection kept rows."""
-
-    def made(version: Any) -> Any:
-        projection = make(version)
-        if version.name == "invoices":
-            keep = projection.keep
-
-            def noted() -> bool:
-                keeps.append(keep())
-                return keeps[-1]
-
-            projection.keep = noted
-        return projection
-
-    return made
 
 
 def test_a_stored_event_that_does_not_decode_is_quarantined_as_schema_drift(
